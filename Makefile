@@ -1,0 +1,40 @@
+# One command runs the farm (make up), one command passes the tests (make test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install up test test-fast lint format typecheck bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+up: install
+	$(BIN)/odm-farm up
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow" --ignore=tests/e2e
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check api workers shared odm_farm
+
+format: install
+	$(BIN)/ruff format api workers shared odm_farm tests bench
+	$(BIN)/ruff check --fix .
+
+typecheck: install
+	$(BIN)/mypy api workers shared odm_farm
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""The Flask application factory: builds the clients, registers the routes, maps errors to the NodeODM form."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import redis
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.errors import FarmError, Unauthorized
+from shared.node import Node
+from shared.queue import make_celery
+from shared.settings import Settings
+from shared.storage import ObjectNotFound, StorageError, make_store
+from shared.taskstore import TaskStore
+
+log = logging.getLogger(__name__)
+
+# Routes that answer without a token: health for orchestrators, auth for clients that need to log in.
+PUBLIC_ENDPOINTS = {"info.health", "info.auth_info", "info.auth_login", "info.auth_register", "static", "web.index"}
+
+
+def create_app(settings: Settings | None = None, *, check_store: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+
+    tasks = TaskStore.from_url(settings.redis_url)
+    store = make_store(settings)
+    if check_store:
+        store.check()
+    node = Node(settings, tasks, store, make_celery(settings))
+    app.extensions["node"] = node
+
+    from api import routes_info, routes_new, routes_tasks, web
+
+    app.register_blueprint(routes_info.bp)
+    app.register_blueprint(routes_new.bp)
+    app.register_blueprint(routes_tasks.bp)
+    app.register_blueprint(web.bp)
+
+    @app.before_request
+    def check_token():  # type: ignore[no-untyped-def]
+        if not settings.token or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        given = request.args.get("token", "")
+        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+            raise Unauthorized()
+        return None
+
+    @app.after_request
+    def open_cors(response):  # type: ignore[no-untyped-def]
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    @app.errorhandler(FarmError)
+    def farm_error(exc: FarmError):  # type: ignore[no-untyped-def]
+        return nodeodm_error(exc.message, no_retry=exc.no_retry)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
+        limit = settings.max_upload_mb
+        return nodeodm_error(f"Request too large: the limit is {limit} MB per request.", no_retry=True)
+
+    @app.errorhandler(ObjectNotFound)
+    def missing_object(exc: ObjectNotFound):  # type: ignore[no-untyped-def]
+        return nodeodm_error("Asset not ready")
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(StorageError)
+    def unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+        log.error("dependency unavailable: %s", exc)
+        response = jsonify({"error": f"Service temporarily unavailable, try again: {type(exc).__name__}"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        response = jsonify({"error": exc.description or exc.name})
+        response.status_code = exc.code or 500
+        return response
+
+    return app
+
+
+def nodeodm_error(message: str, *, no_retry: bool = False):  # type: ignore[no-untyped-def]
+    """HTTP 200 with {"error": ...}: what NodeODM clients parse. Commands add "success": false."""
+    body: dict[str, object] = {}
+    if g.get("command_route"):
+        body["success"] = False
+    body["error"] = message
+    if no_retry:
+        body["noRetry"] = True
+    return jsonify(body)
+
+
+def node() -> Node:
+    from flask import current_app
+
+    return current_app.extensions["node"]  # type: ignore[no-any-return]

@@ -1,0 +1,66 @@
+"""Task creation routes: /task/new/init, /task/new/upload/{uuid}, /task/new/commit/{uuid}, /task/new."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from api import uploads
+from api.app import node
+from shared.errors import InvalidRequest
+
+bp = Blueprint("new", __name__)
+
+
+@bp.post("/task/new/init")
+def init():  # type: ignore[no-untyped-def]
+    form = _fields()
+    uuid = node().init_session(form, request.headers.get("set-uuid"))
+    return jsonify({"uuid": uuid})
+
+
+@bp.post("/task/new/upload/<uuid>")
+def upload(uuid: str):  # type: ignore[no-untyped-def]
+    n = node()
+    n.require_session(uuid)
+    received = uploads.receive(n, uuid)
+    if not received.files:
+        raise InvalidRequest("Need at least 1 file.", no_retry=True)
+    n.record_uploads(uuid, received.files)
+    return jsonify({"success": True})
+
+
+@bp.post("/task/new/commit/<uuid>")
+def commit(uuid: str):  # type: ignore[no-untyped-def]
+    return jsonify({"uuid": node().commit(uuid)})
+
+
+@bp.post("/task/new")
+def new():  # type: ignore[no-untyped-def]
+    """One request: the init fields plus `images` parts, or a `zipurl` the node downloads itself."""
+    n = node()
+    # Fields come before files in every client's body, but validation needs them all: create the session
+    # under a provisional uuid only after parsing, and stream files under the uuid chosen up front.
+    set_uuid = request.headers.get("set-uuid")
+    uuid = n.init_session({"options": "[]"}, set_uuid)
+    try:
+        received = uploads.receive(n, uuid)
+        form = received.form
+        if not received.files and not form.get("zipurl"):
+            raise InvalidRequest("Need at least 1 file or a zip file url.")
+        n.tasks.drop_session(uuid)
+        n.init_session(form, uuid)
+        n.record_uploads(uuid, received.files)
+        n.commit(uuid)
+    except BaseException:
+        n.tasks.drop_session(uuid)
+        n.store.delete_prefix(f"{uuid}/")
+        raise
+    return jsonify({"uuid": uuid})
+
+
+def _fields() -> dict[str, str]:
+    if request.is_json:
+        body = request.get_json(silent=True)
+        return {k: v if isinstance(v, str) else __import__("json").dumps(v)
+                for k, v in body.items()} if isinstance(body, dict) else {}
+    return {k: request.form.get(k, "") for k in request.form}

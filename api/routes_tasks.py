@@ -1,0 +1,128 @@
+"""Task routes: list, info, output, download (with ranges or a redirect), cancel, remove, restart."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, g, jsonify, redirect, request
+
+from api.app import node
+from shared.assets import ASSETS
+from shared.errors import InvalidRequest
+from shared.node import results_prefix
+from shared.storage import ObjectNotFound
+from shared.tasks import task_info
+
+bp = Blueprint("tasks", __name__)
+
+
+@bp.get("/task/list")
+def task_list():  # type: ignore[no-untyped-def]
+    return jsonify([{"uuid": u} for u in node().tasks.list_uuids()])
+
+
+@bp.get("/task/<uuid>/info")
+def info(uuid: str):  # type: ignore[no-untyped-def]
+    n = node()
+    record = n.get(uuid)
+    output = None
+    if "with_output" in request.args:
+        output = n.tasks.output(uuid, _int_arg("with_output"))
+    return jsonify(task_info(record, output))
+
+
+@bp.get("/task/<uuid>/output")
+def output(uuid: str):  # type: ignore[no-untyped-def]
+    n = node()
+    n.get(uuid)
+    return jsonify(n.tasks.output(uuid, _int_arg("line")))
+
+
+def asset_key(uuid: str, asset: str) -> str:
+    if asset == "all.zip":
+        return results_prefix(uuid) + "all.zip"
+    if asset in ASSETS:
+        return results_prefix(uuid) + "assets/" + asset
+    raise InvalidRequest("Invalid asset")
+
+
+@bp.route("/task/<uuid>/download/<path:asset>", methods=["GET", "HEAD"])
+def download(uuid: str, asset: str):  # type: ignore[no-untyped-def]
+    n = node()
+    n.get(uuid)
+    key = asset_key(uuid, asset)
+    try:
+        size = n.store.size(key)
+    except ObjectNotFound:
+        raise InvalidRequest("Asset not ready") from None
+    if n.settings.download_redirect:
+        url = n.store.presigned_url(key, filename=asset)
+        if url:
+            return redirect(url, code=302)
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f"attachment; filename={asset}",
+               "Content-Type": "application/zip" if asset.endswith(".zip") else "application/octet-stream"}
+    start, end, status = 0, size - 1, 200
+    if request.range is not None and size > 0:
+        span = request.range.range_for_length(size)
+        if span is None:
+            return Response(status=416, headers={"Content-Range": f"bytes */{size}", **headers})
+        start, end, status = span[0], span[1] - 1, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1 if size else 0)
+    if request.method == "HEAD" or size == 0:
+        return Response(status=status, headers=headers)
+    body = n.store.iter_range(key, start, end)
+    return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _command_uuid() -> tuple[str, dict[str, str]]:
+    g.command_route = True
+    body = _body()
+    uuid = body.get("uuid")
+    if not uuid:
+        raise InvalidRequest("uuid param missing.")
+    return uuid, body
+
+
+@bp.post("/task/cancel")
+def cancel():  # type: ignore[no-untyped-def]
+    uuid, _ = _command_uuid()
+    node().cancel(uuid)
+    return jsonify({"success": True})
+
+
+@bp.post("/task/remove")
+def remove():  # type: ignore[no-untyped-def]
+    uuid, _ = _command_uuid()
+    node().remove(uuid)
+    return jsonify({"success": True})
+
+
+@bp.post("/task/restart")
+def restart():  # type: ignore[no-untyped-def]
+    uuid, body = _command_uuid()
+    node().restart(uuid, body.get("options"))
+    return jsonify({"success": True})
+
+
+def _body() -> dict[str, str]:
+    """cancel/remove/restart bodies arrive as urlencoded, multipart or JSON; also accept the query string."""
+    fields: dict[str, str] = {}
+    if request.is_json:
+        data = request.get_json(silent=True)
+        if isinstance(data, dict):
+            fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    else:
+        fields = {k: request.form.get(k, "") for k in request.form}
+    for key in ("uuid", "options"):
+        if key not in fields and key in request.args:
+            fields[key] = request.args[key]
+    return fields
+
+
+def _int_arg(name: str) -> int:
+    raw = request.args.get(name, "0") or "0"
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Invalid {name}: {raw}") from None

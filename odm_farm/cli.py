@@ -1,0 +1,190 @@
+"""The `odm-farm` command: `up` (everything on one machine), `api`, `worker`, `health`, `settings`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import fields
+
+from shared.settings import PREFIX, Settings, SettingsError, describe
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Every ODM_FARM_X setting is also a flag --x (the flag wins over the variable)."""
+    group = parser.add_argument_group("settings (each also an ODM_FARM_* environment variable)")
+    for f in fields(Settings):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"setting_{f.name}", metavar="VALUE",
+                           help=f.metadata["help"])
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    for f in fields(Settings):
+        value = getattr(args, f"setting_{f.name}", None)
+        if value is not None:
+            env[PREFIX + f.name.upper()] = value
+    return env
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    try:
+        return Settings.from_env(env)
+    except SettingsError as exc:
+        sys.exit(f"odm-farm: bad setting: {exc}")
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    settings = _settings(env)
+    if not settings.redis_url:
+        sys.exit("odm-farm api: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
+    argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+            "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
+            "--bind", f"{settings.host}:{settings.port}", "--no-control-socket",
+            # uploads and downloads of large files take long: the timeout is for hung workers only
+            "--timeout", "600", "--graceful-timeout", "20", "--keep-alive", "30",
+            "--access-logfile", "-" if args.access_log else "/dev/null",
+            "api.app:create_app()"]
+    os.execve(sys.executable, argv, env)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    os.environ.update(env)
+    settings = _settings(env)
+    if not settings.redis_url:
+        sys.exit("odm-farm worker: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
+    from workers.main import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    env = _environment(args)
+    settings = _settings(env)
+    if args.role == "api":
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        try:
+            with urllib.request.urlopen(f"http://{host}:{settings.port}/health", timeout=5) as response:
+                return 0 if response.status == 200 else 1
+        except OSError as exc:
+            print(f"api unhealthy: {exc}", file=sys.stderr)
+            return 1
+    from shared.taskstore import TaskStore
+
+    store = TaskStore.from_url(settings.redis_url)
+    host = socket.gethostname()
+    alive = [w for w in store.live_workers(settings.worker_ttl) if w.get("host") == host]
+    if not alive:
+        print(f"no live worker on {host}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    for variable, default, help_text in describe():
+        print(f"{variable:32} {default!s:24} {help_text}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Redis, the API and one worker on this machine, stopped together on Ctrl-C."""
+    from odm_farm.redis_server import free_port, start_redis
+
+    env = _environment(args)
+    settings = _settings(env)
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env[PREFIX + "DATA_DIR"] = str(data)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    if not settings.redis_url:
+        port = free_port(6379)
+        children.append(("redis", start_redis(data / "redis", port)))
+        env[PREFIX + "REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        print(f"Redis on 127.0.0.1:{port} (data in {data / 'redis'})", flush=True)
+
+    def stop(*_: object) -> None:
+        for _name, proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _name, proc in reversed(children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    command = [sys.executable, "-m", "odm_farm.cli"]
+    try:
+        children.append(("worker", subprocess.Popen([*command, "worker"], env=env)))
+        children.append(("api", subprocess.Popen([*command, "api"], env=env)))
+        url = f"http://{settings.host}:{settings.port}"
+        engine = settings.engine_name
+        if _wait_http(url + "/health", children):
+            print(f"ODM Farm is running at {url} (engine: {engine}, storage: {settings.storage}). "
+                  "Press Ctrl-C to stop.", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"odm-farm: {name} exited with code {proc.returncode}; stopping.", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping ODM Farm...", flush=True)
+        return 0
+    finally:
+        stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_http(url: str, children: list[tuple[str, subprocess.Popen[bytes]]], timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for _, proc in children):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="odm-farm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("up", cmd_up, "run Redis, the API and a worker on this machine"),
+        ("api", cmd_api, "run the API (gunicorn)"),
+        ("worker", cmd_worker, "run a worker (Celery)"),
+        ("health", cmd_health, "exit 0 when the api or this host's worker is healthy"),
+        ("settings", cmd_settings, "list every setting with its default"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        _add_setting_flags(p)
+        if name == "health":
+            p.add_argument("role", choices=["api", "worker"])
+        if name == "api":
+            p.add_argument("--access-log", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

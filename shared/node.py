@@ -1,0 +1,241 @@
+"""The node's business rules behind the NodeODM routes: sessions, uploads, commit, cancel, remove, restart, info."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from shared import options as optionlib
+from shared.errors import InvalidRequest, TaskNotFound
+from shared.models import TaskStatus
+from shared.queue import PROCESS_TASK, choose_queue
+from shared.safety import UnsafeInput, normalize_outputs, safe_filename
+from shared.settings import Settings
+from shared.storage import ObjectStore
+from shared.taskstore import TaskStore, count_images, is_image_name, new_run_id, now_ms
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2.2.4"
+
+
+def inputs_prefix(uuid: str) -> str:
+    return f"{uuid}/inputs/"
+
+
+def results_prefix(uuid: str) -> str:
+    return f"{uuid}/results/"
+
+
+def task_prefix(uuid: str) -> str:
+    return f"{uuid}/"
+
+
+@dataclass
+class _Cached:
+    value: Any = None
+    at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Node:
+    """One farm as NodeODM clients see it. Stateless: everything lives in Redis and the object store."""
+
+    def __init__(self, settings: Settings, tasks: TaskStore, store: ObjectStore, celery: Celery) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.store = store
+        self.celery = celery
+        self._workers = _Cached()
+        self._catalog = _Cached()
+
+    # --- workers, engines, options --------------------------------------------------------
+    def live_workers(self, max_age: float = 1.0) -> list[dict[str, Any]]:
+        return self._cached(self._workers, max_age, lambda: self.tasks.live_workers(self.settings.worker_ttl))
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Options every live engine accepts; the last published list when no worker is alive."""
+        return self._cached(self._catalog, 2.0, self._load_catalog)
+
+    def _load_catalog(self) -> list[dict[str, Any]]:
+        digests = sorted({w["optionsDigest"] for w in self.live_workers() if w.get("optionsDigest")})
+        catalogs = [c for c in (self.tasks.engine_options(d) for d in digests) if c is not None]
+        if not catalogs:
+            last = self.tasks.r.get("odmfarm:engine:last")
+            published = self.tasks.engine_options(last) if last else None
+            catalogs = [published] if published else [optionlib.load_bundled_catalog()]
+        return catalogs[0] if len(catalogs) == 1 else optionlib.merge_catalogs(catalogs)
+
+    def _cached(self, slot: _Cached, max_age: float, load: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        if slot.value is not None and now - slot.at < max_age:
+            return slot.value
+        with slot.lock:
+            if slot.value is None or time.monotonic() - slot.at >= max_age:
+                slot.value, slot.at = load(), time.monotonic()
+            return slot.value
+
+    def info(self) -> dict[str, Any]:
+        workers = self.live_workers()
+        engines = sorted({(w.get("engine", ""), w.get("engineVersion", "")) for w in workers})
+        engine, version = engines[0] if engines else (self.settings.engine_name, "")
+        return {
+            "version": API_VERSION,
+            "taskQueueCount": self.tasks.active_count(),
+            "totalMemory": sum(int(w.get("totalMemory", 0)) for w in workers),
+            "availableMemory": sum(int(w.get("availableMemory", 0)) for w in workers),
+            "cpuCores": sum(int(w.get("cpuCores", 0)) for w in workers),
+            "maxImages": self.settings.max_images,
+            "maxParallelTasks": sum(int(w.get("slots", 0)) for w in workers),
+            "engineVersion": version,
+            "engine": engine,
+            "workers": len(workers),
+        }
+
+    def validate_options(self, raw: Any, skip_post_processing: bool) -> list[dict[str, Any]]:
+        try:
+            return optionlib.validate_options(raw, self.catalog(), skip_post_processing=skip_post_processing)
+        except optionlib.InvalidOptions as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    # --- creating tasks -------------------------------------------------------------------
+    def init_session(self, form: dict[str, str], set_uuid: str | None) -> str:
+        uuid = self._new_uuid(set_uuid)
+        skip = str(form.get("skipPostProcessing", "")).strip().lower() in ("true", "1")
+        fields: dict[str, Any] = {
+            "options": self.validate_options(form.get("options"), skip),
+            "skipPostProcessing": skip,
+            "name": str(form.get("name") or "").strip()[:1024],
+        }
+        try:
+            outputs = normalize_outputs(form.get("outputs"))
+        except UnsafeInput as exc:
+            raise InvalidRequest(str(exc)) from None
+        if outputs is not None:
+            fields["outputs"] = outputs
+        if form.get("webhook"):
+            fields["webhook"] = str(form["webhook"]).strip()
+        if form.get("dateCreated"):
+            try:
+                fields["dateCreated"] = int(float(form["dateCreated"]))
+            except (TypeError, ValueError):
+                raise InvalidRequest(f"Invalid dateCreated: {form['dateCreated']}") from None
+        if form.get("zipurl"):
+            fields["zipurl"] = str(form["zipurl"]).strip()
+        if not self.tasks.create_session(uuid, fields):
+            raise InvalidRequest(f"Invalid set-uuid: {set_uuid}" if set_uuid else "Could not create task")
+        return uuid
+
+    def _new_uuid(self, set_uuid: str | None) -> str:
+        if set_uuid is None or set_uuid == "":
+            return str(uuidlib.uuid4())
+        try:
+            parsed = str(uuidlib.UUID(set_uuid))
+        except (ValueError, AttributeError, TypeError):
+            raise InvalidRequest(f"Invalid set-uuid: {set_uuid}") from None
+        if self.tasks.exists(parsed) or self.tasks.session(parsed):
+            raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
+        return parsed
+
+    def require_session(self, uuid: str) -> dict[str, str]:
+        session = self.tasks.session(uuid) if _looks_like_uuid(uuid) else None
+        if not session:
+            raise InvalidRequest("Invalid uuid (not found)")
+        return session
+
+    def upload_key(self, uuid: str, filename: str) -> tuple[str, str]:
+        try:
+            name = safe_filename(filename)
+        except UnsafeInput as exc:
+            raise InvalidRequest(str(exc), no_retry=True) from None
+        return name, inputs_prefix(uuid) + name
+
+    def check_image_limit(self, uuid: str, new_names: list[str]) -> None:
+        limit = self.settings.max_images
+        if limit is None:
+            return
+        names = set(self.tasks.session_files(uuid)) | set(new_names)
+        count = count_images(names)
+        if count > limit:
+            raise InvalidRequest(f"{count} images uploaded, but this node can only process up to {limit}.",
+                                 no_retry=True)
+
+    def record_uploads(self, uuid: str, files: dict[str, int]) -> None:
+        self.tasks.add_session_files(uuid, files)
+
+    def commit(self, uuid: str) -> str:
+        session = self.require_session(uuid)
+        options = json.loads(session.get("options") or "[]")
+        status = self._initial_status()
+        run_id = new_run_id()
+        queue = choose_queue(options, self.live_workers())
+        self.tasks.commit_session(uuid, status, run_id, {"queue": queue, "enqueuedAt": now_ms()})
+        self._enqueue(uuid, run_id, queue)
+        return uuid
+
+    def _initial_status(self) -> TaskStatus:
+        # ODM's split-merge client treats QUEUED right after commit as "node full" and takes the task back;
+        # so a task that a free slot will pick up at once reports RUNNING, and only a backlog reports QUEUED.
+        slots = sum(int(w.get("slots", 0)) for w in self.live_workers(max_age=0.5))
+        return TaskStatus.RUNNING if self.tasks.active_count() < slots else TaskStatus.QUEUED
+
+    def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
+        self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
+
+    # --- task commands --------------------------------------------------------------------
+    def get(self, uuid: str) -> dict[str, str]:
+        if not _looks_like_uuid(uuid):
+            raise TaskNotFound(uuid)
+        return self.tasks.get(uuid)
+
+    def cancel(self, uuid: str) -> None:
+        self.get(uuid)
+        result = self.tasks.transition(uuid, TaskStatus.CANCELED, errorMessage=None)
+        if result.previous is None:
+            raise TaskNotFound(uuid)
+        if result.ok:
+            self.tasks.publish_cancel(uuid)
+
+    def remove(self, uuid: str) -> None:
+        self.cancel(uuid)
+        self.tasks.delete(uuid)
+        self.store.delete_prefix(task_prefix(uuid))
+
+    def restart(self, uuid: str, raw_options: Any = None) -> None:
+        record = self.get(uuid)
+        fields: dict[str, Any] = {}
+        if raw_options not in (None, ""):
+            skip = record.get("skipPostProcessing") == "1"
+            fields["options"] = self.validate_options(raw_options, skip)
+        options = fields.get("options") or json.loads(record.get("options") or "[]")
+        run_id = new_run_id()
+        queue = choose_queue(options, self.live_workers())
+        result = self.tasks.transition(
+            uuid, self._initial_status(), allowed=(TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED),
+            clear_output=True, runId=run_id, attempt=1, progress=0, processingTime=-1, startedAt=None,
+            errorMessage=None, worker=None, queue=queue, enqueuedAt=now_ms(), **fields)
+        if result.previous is None:
+            raise TaskNotFound(uuid)
+        if not result.ok:
+            raise InvalidRequest("Task cannot be restarted")
+        self.store.delete_prefix(results_prefix(uuid))
+        self._enqueue(uuid, run_id, queue)
+
+
+def _looks_like_uuid(value: str) -> bool:
+    try:
+        uuidlib.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return len(value) <= 64
+
+
+__all__ = ["Node", "API_VERSION", "inputs_prefix", "results_prefix", "task_prefix", "is_image_name"]

@@ -1,0 +1,363 @@
+"""The Redis task store: the one key schema, task records, upload sessions, console, progress, workers, leases.
+
+Every state change is written when it happens. Status changes go through one Lua script that checks the
+transition table (shared.models.TRANSITIONS) and the run id, so a late write from a cancelled or superseded
+run can never overwrite what the API decided.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.errors import InvalidRequest, TaskNotFound
+from shared.models import TRANSITIONS, TaskStatus, default_task_name
+
+NS = "odmfarm"
+
+
+class Keys:
+    """Every Redis key the farm uses."""
+
+    tasks = f"{NS}:tasks"  # zset uuid -> creation sequence
+    seq = f"{NS}:seq"
+    active = f"{NS}:active"  # set of QUEUED/RUNNING uuids
+    finished = f"{NS}:finished"  # zset uuid -> finish time (s), for cleanup
+    uploads = f"{NS}:uploads"  # zset uuid -> last activity (s), for cleanup
+    workers = f"{NS}:workers"  # hash worker id -> json
+    beats = f"{NS}:workers:beat"  # zset worker id -> last heartbeat (s)
+    engine_last = f"{NS}:engine:last"
+    cancel_channel = f"{NS}:cancel"
+    reaper_lock = f"{NS}:reaper"
+
+    @staticmethod
+    def task(uuid: str) -> str:
+        return f"{NS}:task:{uuid}"
+
+    @staticmethod
+    def output(uuid: str) -> str:
+        return f"{NS}:task:{uuid}:output"
+
+    @staticmethod
+    def lease(uuid: str) -> str:
+        return f"{NS}:lease:{uuid}"
+
+    @staticmethod
+    def upload(uuid: str) -> str:
+        return f"{NS}:upload:{uuid}"
+
+    @staticmethod
+    def upload_files(uuid: str) -> str:
+        return f"{NS}:upload:{uuid}:files"
+
+    @staticmethod
+    def engine(digest: str) -> str:
+        return f"{NS}:engine:{digest}"
+
+
+# KEYS: task, active, finished, output ; ARGV: target, allowed-from csv, run id ('' = any), clear output (0/1),
+# now (s), then field/value pairs. Returns {1, old status} on success, {0, old status or -1 when missing}.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, -1} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then allowed = true end end
+if not allowed then return {0, tonumber(cur)} end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'runId') ~= ARGV[3] then return {0, tonumber(cur)} end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '\\0' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local uuid = redis.call('HGET', KEYS[1], 'uuid')
+if ARGV[1] == '10' or ARGV[1] == '20' then
+  redis.call('SADD', KEYS[2], uuid); redis.call('ZREM', KEYS[3], uuid)
+else
+  redis.call('SREM', KEYS[2], uuid); redis.call('ZADD', KEYS[3], ARGV[5], uuid)
+end
+if ARGV[4] == '1' then redis.call('DEL', KEYS[4]) end
+return {1, tonumber(cur)}
+"""
+
+# KEYS: task ; ARGV: progress. Progress only grows, and only while the task runs.
+_PROGRESS = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= '20' then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'progress') or '0')
+local new = tonumber(ARGV[1])
+if new > cur then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) return 1 end
+return 0
+"""
+
+# KEYS: task, output ; ARGV: run id, lines... Lines of a superseded run or a removed task are dropped.
+_APPEND = """
+if redis.call('HGET', KEYS[1], 'runId') ~= ARGV[1] then return -1 end
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+return redis.call('LLEN', KEYS[2])
+"""
+
+_DELETE = "\0"  # a field value meaning "remove this field" in transitions
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_run_id() -> str:
+    return uuidlib.uuid4().hex[:12]
+
+
+@dataclass
+class Transition:
+    ok: bool
+    previous: TaskStatus | None  # None when the task does not exist
+
+
+class TaskStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._transition = client.register_script(_TRANSITION)
+        self._progress = client.register_script(_PROGRESS)
+        self._append = client.register_script(_APPEND)
+
+    @classmethod
+    def from_url(cls, url: str) -> TaskStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                        socket_keepalive=True, retry_on_timeout=True))
+
+    # --- upload sessions ------------------------------------------------------------------
+    def create_session(self, uuid: str, fields: dict[str, Any]) -> bool:
+        """A new upload session; False when the uuid is already used by a session or a task."""
+        if self.r.exists(Keys.task(uuid)):
+            return False
+        record = {k: _encode(v) for k, v in fields.items()}
+        record["uuid"] = uuid
+        pipe = self.r.pipeline()
+        pipe.hsetnx(Keys.upload(uuid), "uuid", uuid)
+        created = pipe.execute()[0]
+        if not created:
+            return False
+        pipe.hset(Keys.upload(uuid), mapping=record)
+        pipe.zadd(Keys.uploads, {uuid: time.time()})
+        pipe.execute()
+        return True
+
+    def session(self, uuid: str) -> dict[str, str] | None:
+        data = self.r.hgetall(Keys.upload(uuid))
+        return data or None
+
+    def session_files(self, uuid: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(Keys.upload_files(uuid)).items()}
+
+    def add_session_files(self, uuid: str, files: dict[str, int]) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(Keys.upload_files(uuid), mapping=files)
+        pipe.zadd(Keys.uploads, {uuid: time.time()})
+        pipe.execute()
+
+    def commit_session(self, uuid: str, status: TaskStatus, run_id: str, extra: dict[str, Any]) -> dict[str, str]:
+        """Turn an upload session into a task record, atomically; a second commit finds no session."""
+        skey, fkey, tkey = Keys.upload(uuid), Keys.upload_files(uuid), Keys.task(uuid)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(skey, fkey)
+                    session = pipe.hgetall(skey)
+                    if not session:
+                        raise InvalidRequest("Invalid uuid (not found)")
+                    files = pipe.hgetall(fkey)
+                    if not files and not session.get("zipurl"):
+                        raise InvalidRequest("Need at least 1 file.")
+                    record = dict(session)
+                    record.update({k: _encode(v) for k, v in extra.items()})
+                    record.update({
+                        "status": str(int(status)), "runId": run_id, "attempt": "1", "progress": "0",
+                        "processingTime": "-1", "inputs": json.dumps(sorted(files)),
+                        "imagesCount": str(count_images(files)), "committedAt": str(now_ms()),
+                    })
+                    if not record.get("dateCreated"):
+                        record["dateCreated"] = str(now_ms())
+                    if not record.get("name"):
+                        record["name"] = default_task_name(int(record["dateCreated"]))
+                    pipe.multi()
+                    pipe.hset(tkey, mapping=record)
+                    pipe.zadd(Keys.tasks, {uuid: self.r.incr(Keys.seq)})
+                    pipe.sadd(Keys.active, uuid)
+                    pipe.delete(skey, fkey)
+                    pipe.zrem(Keys.uploads, uuid)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def drop_session(self, uuid: str) -> None:
+        self.r.delete(Keys.upload(uuid), Keys.upload_files(uuid))
+        self.r.zrem(Keys.uploads, uuid)
+
+    def stale_sessions(self, older_than_s: float) -> list[str]:
+        return list(self.r.zrangebyscore(Keys.uploads, "-inf", time.time() - older_than_s))
+
+    # --- task records ---------------------------------------------------------------------
+    def get(self, uuid: str) -> dict[str, str]:
+        data = self.r.hgetall(Keys.task(uuid))
+        if not data:
+            raise TaskNotFound(uuid)
+        return data
+
+    def exists(self, uuid: str) -> bool:
+        return bool(self.r.exists(Keys.task(uuid)))
+
+    def status(self, uuid: str) -> TaskStatus | None:
+        value = self.r.hget(Keys.task(uuid), "status")
+        return TaskStatus(int(value)) if value else None
+
+    def update(self, uuid: str, run_id: str | None = None, **fields: Any) -> bool:
+        """Set plain fields (not status); with run_id, only while that run still owns the task."""
+        key = Keys.task(uuid)
+        if run_id is not None:
+            return self.transition_fields(uuid, run_id, fields)
+        if not self.r.exists(key):
+            return False
+        self.r.hset(key, mapping={k: _encode(v) for k, v in fields.items()})
+        return True
+
+    def transition_fields(self, uuid: str, run_id: str, fields: dict[str, Any]) -> bool:
+        current = self.status(uuid)
+        if current is None:
+            return False
+        return self.transition(uuid, current, run_id=run_id, allowed=(current,), **fields).ok
+
+    def list_uuids(self) -> list[str]:
+        return list(self.r.zrange(Keys.tasks, 0, -1))
+
+    def active_count(self) -> int:
+        return int(self.r.scard(Keys.active))
+
+    def active_uuids(self) -> list[str]:
+        return list(self.r.smembers(Keys.active))
+
+    def transition(self, uuid: str, target: TaskStatus, *, run_id: str | None = None,
+                   allowed: Iterable[TaskStatus] | None = None, clear_output: bool = False,
+                   **fields: Any) -> Transition:
+        allowed = TRANSITIONS[target] if allowed is None else tuple(allowed)
+        args: list[Any] = [int(target), ",".join(str(int(s)) for s in allowed), run_id or "",
+                           "1" if clear_output else "0", time.time()]
+        for name, value in fields.items():
+            args += [name, _DELETE if value is None else _encode(value)]
+        ok, previous = self._transition(
+            keys=[Keys.task(uuid), Keys.active, Keys.finished, Keys.output(uuid)], args=args)
+        return Transition(bool(ok), None if previous == -1 else TaskStatus(previous))
+
+    def delete(self, uuid: str) -> bool:
+        pipe = self.r.pipeline()
+        pipe.delete(Keys.task(uuid), Keys.output(uuid), Keys.lease(uuid))
+        pipe.zrem(Keys.tasks, uuid)
+        pipe.srem(Keys.active, uuid)
+        pipe.zrem(Keys.finished, uuid)
+        return bool(pipe.execute()[0])
+
+    def finished_before(self, when_s: float) -> list[str]:
+        return list(self.r.zrangebyscore(Keys.finished, "-inf", when_s))
+
+    # --- console and progress -------------------------------------------------------------
+    def append_output(self, uuid: str, run_id: str, lines: list[str]) -> bool:
+        if not lines:
+            return True
+        return int(self._append(keys=[Keys.task(uuid), Keys.output(uuid)], args=[run_id, *lines])) >= 0
+
+    def output(self, uuid: str, start: int = 0) -> list[str]:
+        """Lines from `start`, Python-slice style: negative = the last |start| lines."""
+        if start < 0:
+            length = self.r.llen(Keys.output(uuid))
+            start = max(0, length + start)
+        return list(self.r.lrange(Keys.output(uuid), start, -1))
+
+    def set_progress(self, uuid: str, progress: float) -> bool:
+        progress = min(100.0, max(0.0, float(progress)))
+        return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2)]))
+
+    # --- leases ---------------------------------------------------------------------------
+    def take_lease(self, uuid: str, run_id: str, seconds: float) -> None:
+        self.r.set(Keys.lease(uuid), run_id, px=max(1, int(seconds * 1000)))
+
+    def renew_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
+        # only the run that holds it renews it; a superseded run learns it has been replaced
+        script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                  "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+        return bool(self.r.eval(script, 1, Keys.lease(uuid), run_id, max(1, int(seconds * 1000))))
+
+    def has_lease(self, uuid: str) -> bool:
+        return bool(self.r.exists(Keys.lease(uuid)))
+
+    def release_lease(self, uuid: str, run_id: str) -> None:
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        self.r.eval(script, 1, Keys.lease(uuid), run_id)
+
+    # --- cancel notifications -------------------------------------------------------------
+    def publish_cancel(self, uuid: str) -> None:
+        self.r.publish(Keys.cancel_channel, uuid)
+
+    # --- workers and engines --------------------------------------------------------------
+    def publish_engine(self, options: list[dict[str, Any]]) -> str:
+        import hashlib
+
+        text = json.dumps(options)
+        digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+        self.r.set(Keys.engine(digest), text)
+        self.r.set(Keys.engine_last, digest)
+        return digest
+
+    def engine_options(self, digest: str) -> list[dict[str, Any]] | None:
+        text = self.r.get(Keys.engine(digest))
+        return json.loads(text) if text else None
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(Keys.workers, worker_id, json.dumps(info))
+        pipe.zadd(Keys.beats, {worker_id: time.time()})
+        pipe.execute()
+
+    def remove_worker(self, worker_id: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hdel(Keys.workers, worker_id)
+        pipe.zrem(Keys.beats, worker_id)
+        pipe.execute()
+
+    def live_workers(self, ttl_s: float) -> list[dict[str, Any]]:
+        ids = self.r.zrangebyscore(Keys.beats, time.time() - ttl_s, "+inf")
+        if not ids:
+            return []
+        return [json.loads(v) for v in self.r.hmget(Keys.workers, ids) if v]
+
+    def prune_workers(self, ttl_s: float) -> None:
+        gone = self.r.zrangebyscore(Keys.beats, "-inf", time.time() - max(ttl_s * 10, 600))
+        if gone:
+            self.r.hdel(Keys.workers, *gone)
+            self.r.zrem(Keys.beats, *gone)
+
+
+IMAGE_EXCLUDED_SUFFIXES = (".txt", ".zip")
+
+
+def is_image_name(name: str) -> bool:
+    lowered = name.lower()
+    return not lowered.endswith(IMAGE_EXCLUDED_SUFFIXES) and not lowered.startswith("align.")
+
+
+def count_images(files: Iterable[str]) -> int:
+    return sum(1 for name in files if is_image_name(name))
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, TaskStatus):
+        return str(int(value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)

@@ -1,0 +1,241 @@
+"""The processing pipeline for one task run: claim, fetch inputs, run the engine, post-process, zip, store, finish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from shared import options as optionlib
+from shared.errors import TaskNotFound
+from shared.models import TaskStatus, exit_code_message
+from shared.node import inputs_prefix, results_prefix, task_prefix
+from shared.tasks import task_info
+from shared.taskstore import now_ms
+from workers import files, webhooks
+from workers.postprocess import postprocess
+from workers.runner import Run
+from workers.runtime import Job, WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Stop(Exception):
+    """The run ends early: cancelled, superseded or removed. Nothing more is written for it."""
+
+
+class Failed(Exception):
+    """The run fails with a message for the client."""
+
+
+def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
+    """Run one task; returns what happened (for logs and tests). Idempotent: stale messages are dropped."""
+    try:
+        record = rt.tasks.get(uuid)
+    except TaskNotFound:
+        return "gone"
+    status = TaskStatus(int(record["status"]))
+    if record.get("runId") != run_id or not status.active:
+        return "stale"
+    if not rt.tasks.r.set(f"odmfarm:lease:{uuid}", run_id, nx=True, px=int(rt.settings.lease_seconds * 1000)):
+        return "duplicate"
+    claimed = rt.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id,
+                                  allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
+                                  worker=rt.id, startedAt=now_ms(), processingTime=-1)
+    if not claimed.ok:
+        rt.tasks.release_lease(uuid, run_id)
+        return "stale"
+    job = Job(uuid, run_id)
+    rt.register(job)
+    workdir = rt.scratch / f"{uuid}-{run_id}"
+    outcome = "failed"
+    try:
+        outcome = _run(rt, job, record, workdir)
+    except Stop:
+        outcome = "stopped"
+    except Failed as exc:
+        _fail(rt, job, str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the task ends FAILED with a message
+        log.exception("task %s failed", uuid)
+        _fail(rt, job, f"Processing failed ({type(exc).__name__}: {exc})")
+    finally:
+        rt.unregister(job)
+        rt.tasks.release_lease(uuid, run_id)
+        if outcome != "failed" or not rt.settings.keep_failed_scratch:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if outcome == "stopped" and not rt.tasks.exists(uuid):
+            rt.store.delete_prefix(task_prefix(uuid))  # removed while we were uploading: leave no trace
+    if outcome in ("completed", "failed", "stopped"):
+        _notify(rt, uuid)
+    return outcome
+
+
+def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> str:
+    uuid = job.uuid
+    say = _console(rt, job)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "worker.pid").write_text(str(os.getpid()))
+    inputs, root = workdir / "inputs", workdir / "project"
+    project = root / uuid
+    inputs.mkdir()
+    project.mkdir(parents=True)
+    attempt = int(record.get("attempt") or 1)
+    say([f"Worker {rt.id} started processing (attempt {attempt})."])
+
+    _fetch_inputs(rt, job, record, inputs, say)
+    _check(job)
+    try:
+        placed = files.place_inputs(inputs, project)
+    except files.BrokenArchive as exc:
+        raise Failed(f"Invalid archive: {exc}") from None
+    limit = rt.settings.max_images
+    if limit is not None and placed.images_count > limit:
+        raise Failed(f"{placed.images_count} images uploaded, but this node can only process up to {limit}.")
+    rt.tasks.update(uuid, run_id=job.run_id, imagesCount=placed.images_count)
+
+    options = _engine_options(rt, record, say)
+    command = rt.engine.command(options, root, uuid, placed.input_flags)
+    console_file = project / "task_output.txt"
+    run = Run(command, lambda lines: _push(rt, job, lines), console_file, workdir / "engine.pgid")
+    job.run = run
+    _check(job)
+    try:
+        run.start()
+    except OSError as exc:
+        raise Failed(f"Could not start process ({exc.strerror or exc})") from None
+    code = run.wait()
+    _check(job)
+    if code != 0:
+        say([f"Engine exited with code {code}."])
+        raise Failed(exit_code_message(code if code > 0 else 128 - code))
+
+    if record.get("skipPostProcessing") != "1":
+        postprocess(project, lambda text: say([text]))
+    rt.tasks.set_progress(uuid, 93)
+    _check(job)
+
+    zip_path = workdir / "all.zip"
+    outputs = json.loads(record["outputs"]) if record.get("outputs") else None
+    say(["Compressing all.zip"])
+    _write_console(rt, job, console_file)
+    files.build_all_zip(project, zip_path, outputs)
+    rt.tasks.set_progress(uuid, 97)
+    _check(job)
+    _store_results(rt, job, project, workdir, zip_path)
+    _check(job)
+
+    started = int(rt.tasks.r.hget(f"odmfarm:task:{uuid}", "startedAt") or now_ms())
+    done = rt.tasks.transition(uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100,
+                               processingTime=now_ms() - started)
+    if not done.ok:
+        raise Stop()
+    return "completed"
+
+
+def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: Path, say: Any) -> None:
+    for key, _size in rt.store.list(inputs_prefix(job.uuid)):
+        rt.store.get_to_file(key, inputs / key.rsplit("/", 1)[-1])
+        _check(job)
+    zipurl = record.get("zipurl")
+    if zipurl:
+        say([f"Downloading {zipurl}"])
+        try:
+            files.fetch_url(zipurl, inputs / "zipurl-download.zip", rt.settings.blocked_networks,
+                            max_bytes=rt.settings.zip_max_bytes or None)
+        except (files.FetchError, ValueError) as exc:
+            raise Failed(f"Could not download {zipurl}: {exc}") from None
+
+
+def _engine_options(rt: WorkerRuntime, record: dict[str, str], say: Any) -> list[dict[str, Any]]:
+    options: list[dict[str, Any]] = json.loads(record.get("options") or "[]")
+    options = optionlib.cap_max_concurrency(options, rt.settings.max_concurrency)
+    known = {o["name"] for o in (rt.engine_info.options if rt.engine_info else [])}
+    split = next((o["value"] for o in options if o["name"] == "split"), None)
+    if split is not None and "sm-cluster" in known and not any(o["name"] == "sm-cluster" for o in options):
+        cluster = sm_cluster_url(rt.settings.public_url, rt.settings.token)
+        if cluster:
+            options.append({"name": "sm-cluster", "value": cluster})
+            say([f"Split-merge: submodels are sent back to the farm at {rt.settings.public_url}"])
+        else:
+            say(["Split-merge: ODM_FARM_PUBLIC_URL is not set, so submodels run on this worker only."])
+    return options
+
+
+def sm_cluster_url(public_url: str, token: str) -> str:
+    """The URL ODM's split-merge client uses (PyODM reads a ?token= query from it)."""
+    if not public_url:
+        return ""
+    parts = urlsplit(public_url.rstrip("/"))
+    query = urlencode({"token": token}) if token else ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zip_path: Path) -> None:
+    from shared.assets import collect_assets
+
+    prefix = results_prefix(job.uuid)
+    assets = collect_assets(project, workdir / "assets")
+    for name, path in assets.items():
+        rt.store.put_file(prefix + "assets/" + name, path)
+        _check(job)
+    if (project / "images.json").exists():
+        rt.store.put_file(prefix + "images.json", project / "images.json")
+    # all.zip last: its presence is what "results ready" means to the download route
+    rt.store.put_file(prefix + "all.zip", zip_path)
+
+
+def _check(job: Job) -> None:
+    if job.cancelled.is_set():
+        raise Stop()
+
+
+def _console(rt: WorkerRuntime, job: Job) -> Any:
+    def say(lines: list[str]) -> None:
+        _push(rt, job, lines)
+
+    return say
+
+
+def _push(rt: WorkerRuntime, job: Job, lines: list[str]) -> None:
+    if not rt.tasks.append_output(job.uuid, job.run_id, lines):
+        job.cancel("superseded")
+
+
+def _write_console(rt: WorkerRuntime, job: Job, console_file: Path) -> None:
+    """task_output.txt in all.zip is the whole console, including the farm's own lines."""
+    console_file.write_text("\n".join(rt.tasks.output(job.uuid)) + "\n", encoding="utf-8")
+
+
+def _fail(rt: WorkerRuntime, job: Job, message: str) -> None:
+    _push(rt, job, [message])
+    started = rt.tasks.r.hget(f"odmfarm:task:{job.uuid}", "startedAt")
+    elapsed = now_ms() - int(started) if started else -1
+    rt.tasks.transition(job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message,
+                        processingTime=elapsed)
+
+
+def _notify(rt: WorkerRuntime, uuid: str) -> None:
+    try:
+        record = rt.tasks.get(uuid)
+    except TaskNotFound:
+        return
+    if TaskStatus(int(record["status"])).active:
+        return
+    payload = task_info(record)
+    payload["images"] = _images_json(rt, uuid)
+    for url in filter(None, {record.get("webhook", ""), rt.settings.webhook}):
+        webhooks.send_webhook_async(url, payload, rt.settings.blocked_networks, retries=rt.settings.webhook_retries)
+
+
+def _images_json(rt: WorkerRuntime, uuid: str) -> Any:
+    # images.json travels inside all.zip; a small copy is kept with the results for webhooks
+    key = results_prefix(uuid) + "images.json"
+    try:
+        return json.loads(rt.store.get_bytes(key))
+    except Exception:  # noqa: BLE001 - a webhook still goes out without it
+        return []
+

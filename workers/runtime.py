@@ -1,0 +1,321 @@
+"""A worker host's long-lived parts: clients, engine, heartbeat, progress listener, watchdog, reaper, janitor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from shared.models import TaskStatus
+from shared.node import task_prefix
+from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU
+from shared.settings import Settings
+from shared.storage import ObjectStore, make_store
+from shared.taskstore import Keys, TaskStore, new_run_id
+from workers.engines.base import Engine, EngineInfo
+from workers.hostinfo import detect_gpu, host_facts
+from workers.runner import Run, kill_tree
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 0.5
+
+
+@dataclass
+class Job:
+    """A task this worker is running right now."""
+
+    uuid: str
+    run_id: str
+    started: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    run: Run | None = None
+    reason: str = ""
+
+    def cancel(self, reason: str) -> None:
+        if not self.cancelled.is_set():
+            self.reason = reason
+            self.cancelled.set()
+        if self.run is not None:
+            self.run.kill()
+
+
+def make_engine(settings: Settings, gpu: bool) -> Engine:
+    if settings.engine_name == "odm":
+        from workers.engines.odm import OdmEngine
+
+        return OdmEngine(Path(settings.odm_path or "/code"), python=settings.odm_python or None,
+                         max_concurrency=settings.max_concurrency, gpu=gpu)
+    from workers.engines.simulate import SimulateEngine
+
+    return SimulateEngine(seconds=settings.simulate_seconds, progress_port=settings.progress_port)
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, celery: Celery, engine: Engine | None = None,
+                 store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.tasks = TaskStore.from_url(settings.redis_url)
+        self.store = store or make_store(settings)
+        self.gpu = detect_gpu() if settings.worker_gpu is None else settings.worker_gpu
+        self.queues = settings.worker_queues or ((QUEUE_GPU, QUEUE_CPU) if self.gpu else (QUEUE_CPU,))
+        self.id = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}-{uuidlib.uuid4().hex[:6]}"
+        self.scratch = settings.scratch_path
+        self.engine = engine or make_engine(settings, self.gpu)
+        self.engine_info: EngineInfo | None = None
+        self.options_digest = ""
+        self.jobs: dict[str, Job] = {}
+        self.jobs_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.store.check()
+        self.clean_stale_scratch()
+        self.engine_info = self.engine.describe()
+        self.options_digest = self.tasks.publish_engine(self.engine_info.options)
+        self.beat()
+        for target in (self._heartbeat_loop, self._watch_loop, self._cancel_listener, self._progress_listener,
+                       self._reaper_loop):
+            thread = threading.Thread(target=target, name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker %s ready: engine %s %s, queues %s, %d slot(s)", self.id, self.engine_info.name,
+                 self.engine_info.version, ",".join(self.queues), self.settings.worker_slots)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        try:
+            self.tasks.remove_worker(self.id)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            log.warning("could not deregister worker %s", self.id)
+
+    def clean_stale_scratch(self) -> None:
+        """Runs left behind by a previous worker process on this host: kill their engines, drop their files."""
+        for folder in self.scratch.iterdir() if self.scratch.exists() else []:
+            owner = folder / "worker.pid"
+            if owner.exists() and _pid_alive(owner.read_text().strip()):
+                continue  # another worker on this host is using it
+            pgid_file = folder / "engine.pgid"
+            if pgid_file.exists():
+                try:
+                    kill_tree(int(pgid_file.read_text().strip()), grace=0.5)
+                except (ValueError, OSError):
+                    pass
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # --- jobs -----------------------------------------------------------------------------
+    def register(self, job: Job) -> None:
+        with self.jobs_lock:
+            self.jobs[job.uuid] = job
+
+    def unregister(self, job: Job) -> None:
+        with self.jobs_lock:
+            if self.jobs.get(job.uuid) is job:
+                del self.jobs[job.uuid]
+
+    def running(self) -> list[Job]:
+        with self.jobs_lock:
+            return list(self.jobs.values())
+
+    # --- heartbeat ------------------------------------------------------------------------
+    def beat(self) -> None:
+        info: dict[str, Any] = {
+            "id": self.id,
+            "name": self.id,
+            "queues": list(self.queues),
+            "gpu": self.gpu,
+            "slots": self.settings.worker_slots,
+            "running": [j.uuid for j in self.running()],
+            "engine": self.engine_info.name if self.engine_info else "",
+            "engineVersion": self.engine_info.version if self.engine_info else "",
+            "optionsDigest": self.options_digest,
+            "startedAt": int(self.started_at * 1000),
+            "lastBeat": int(time.time() * 1000),
+        }
+        info.update(host_facts(self.scratch))
+        self.tasks.heartbeat(self.id, info)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.settings.heartbeat_seconds):
+            _guard(self.beat)
+
+    # --- watchdog: cancel flags, leases, max runtime ----------------------------------------
+    def _watch_loop(self) -> None:
+        renew_every = max(0.2, self.settings.lease_seconds / 3)
+        last_renew = 0.0
+        while not self.stopping.wait(WATCH_SECONDS):
+            renew = time.monotonic() - last_renew >= renew_every
+            if renew:
+                last_renew = time.monotonic()
+            _guard(lambda r=renew: self._watch_once(r))  # type: ignore[misc]
+
+    def _watch_once(self, renew: bool) -> None:
+        jobs = self.running()
+        if not jobs:
+            return
+        pipe = self.tasks.r.pipeline()
+        for job in jobs:
+            pipe.hmget(Keys.task(job.uuid), "status", "runId")
+        states = pipe.execute()
+        for job, (status, run_id) in zip(jobs, states, strict=True):
+            if status is None:
+                job.cancel("removed")
+            elif run_id != job.run_id:
+                job.cancel("superseded")
+            elif int(status) == TaskStatus.CANCELED:
+                job.cancel("canceled")
+            elif renew and not self.tasks.renew_lease(job.uuid, job.run_id, self.settings.lease_seconds):
+                job.cancel("lease lost")
+            elif self.settings.max_runtime and time.monotonic() - job.started > self.settings.max_runtime:
+                self._cancel_for_runtime(job)
+
+    def _cancel_for_runtime(self, job: Job) -> None:
+        limit = self.settings.max_runtime
+        self.tasks.append_output(job.uuid, job.run_id, [
+            f"Task exceeded this node's maximum runtime of {limit:g} seconds and was cancelled."])
+        self.tasks.transition(job.uuid, TaskStatus.CANCELED, run_id=job.run_id,
+                              errorMessage=f"Maximum runtime of {limit:g} seconds exceeded")
+        job.cancel("max runtime")
+
+    def _cancel_listener(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                pubsub = self.tasks.r.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(Keys.cancel_channel)
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        with self.jobs_lock:
+                            job = self.jobs.get(str(message["data"]))
+                        if job is not None:
+                            job.cancel("canceled")
+            except Exception as exc:  # noqa: BLE001 - reconnect after a Redis outage
+                log.warning("cancel listener: %s; reconnecting", exc)
+                self.stopping.wait(1.0)
+
+    # --- ODM progress datagrams -------------------------------------------------------------
+    def _progress_listener(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # several workers on one host share ODM's fixed port; whichever receives a datagram records it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", self.settings.progress_port))
+        sock.settimeout(1.0)
+        while not self.stopping.is_set():
+            try:
+                data, _ = sock.recvfrom(1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                continue
+            parsed = parse_progress(data)
+            if parsed:
+                _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))  # type: ignore[misc]
+
+    # --- reaper and janitor -----------------------------------------------------------------
+    def _reaper_loop(self) -> None:
+        period = max(1.0, self.settings.lease_seconds / 2)
+        last_janitor = 0.0
+        while not self.stopping.wait(period):
+            if not self.tasks.r.set(Keys.reaper_lock, self.id, nx=True, px=int(period * 1000)):
+                continue
+            _guard(self.reap)
+            if time.monotonic() - last_janitor > 60:
+                last_janitor = time.monotonic()
+                _guard(self.janitor)
+
+    def reap(self) -> list[str]:
+        """Re-queue running tasks whose worker stopped renewing the lease; fail them after max attempts."""
+        requeued = []
+        for uuid in self.tasks.active_uuids():
+            fields = self.tasks.r.hmget(Keys.task(uuid), "status", "runId", "worker", "attempt", "options", "queue")
+            status, run_id, worker, attempt, _options, queue = fields
+            if status != str(int(TaskStatus.RUNNING)) or not worker or self.tasks.has_lease(uuid):
+                continue
+            attempts = int(attempt or 1)
+            line = f"Worker {worker} stopped responding during attempt {attempts}."
+            if attempts >= self.settings.max_attempts:
+                self.tasks.append_output(uuid, run_id, [line + " Giving up."])
+                self.tasks.transition(uuid, TaskStatus.FAILED, run_id=run_id,
+                                      errorMessage=f"Processing was interrupted {attempts} times (worker lost)")
+                continue
+            new_run = new_run_id()
+            self.tasks.append_output(uuid, run_id, [line + " Re-queued."])
+            moved = self.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id, allowed=(TaskStatus.RUNNING,),
+                                          runId=new_run, attempt=attempts + 1, worker=None, progress=0)
+            if moved.ok:
+                self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)
+                requeued.append(uuid)
+                log.warning("task %s re-queued after worker %s was lost", uuid, worker)
+        return requeued
+
+    def janitor(self) -> None:
+        """Delete finished tasks and abandoned uploads older than the cleanup period."""
+        minutes = self.settings.cleanup_minutes
+        if minutes <= 0:
+            return
+        cutoff = minutes * 60
+        for uuid in self.tasks.finished_before(time.time() - cutoff):
+            self.tasks.delete(uuid)
+            self.store.delete_prefix(task_prefix(uuid))
+            log.info("task %s removed after %d minutes", uuid, minutes)
+        for uuid in self.tasks.stale_sessions(cutoff):
+            self.tasks.drop_session(uuid)
+            self.store.delete_prefix(task_prefix(uuid))
+            log.info("abandoned upload %s removed", uuid)
+
+
+def parse_progress(data: bytes) -> tuple[str, float] | None:
+    """`PGUP/<pid>/<project name>/<float>` as ODM sends it; None for anything else."""
+    try:
+        text = data.decode("ascii").strip()
+        tag, _pid, name, value = text.split("/", 3)
+        if tag != "PGUP":
+            return None
+        uuidlib.UUID(name)
+        progress = float(value)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if progress != progress:  # NaN
+        return None
+    return name, min(100.0, max(0.0, progress))
+
+
+def _pid_alive(text: str) -> bool:
+    try:
+        pid = int(text)
+    except ValueError:
+        return False
+    return pid != os.getpid() and _exists(pid)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _guard(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a background loop must survive a Redis hiccup
+        log.warning("%s failed: %s", getattr(fn, "__name__", "background step"), exc)
+        return None
