@@ -109,7 +109,8 @@ class _S3Writer(ObjectWriter):
         self._size += len(data)
         while len(self._buffer) >= self._part_size():
             size = self._part_size()
-            part = bytes(self._buffer[:size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[:size])
             del self._buffer[:size]
             self._send_part(part)
         return len(data)
@@ -117,7 +118,7 @@ class _S3Writer(ObjectWriter):
     def _send_part(self, part: bytes) -> None:
         store = self._store
         try:
-            with store._errors("upload", self._key):
+            with store._errors(f"upload of {self._key!r}"):
                 if self._upload_id is None:
                     created = store._client.create_multipart_upload(
                         Bucket=store.bucket, Key=self._full, **store._put_args()
@@ -144,14 +145,14 @@ class _S3Writer(ObjectWriter):
         store = self._store
         try:
             if self._upload_id is None:
-                with store._errors("upload", self._key):
+                with store._errors(f"upload of {self._key!r}"):
                     store._client.put_object(
                         Bucket=store.bucket, Key=self._full, Body=bytes(self._buffer), **store._put_args()
                     )
             else:
                 if self._buffer or not self._parts:
                     self._send_part(bytes(self._buffer))
-                with store._errors("upload", self._key):
+                with store._errors(f"upload of {self._key!r}"):
                     store._client.complete_multipart_upload(
                         Bucket=store.bucket,
                         Key=self._full,
@@ -316,7 +317,7 @@ class S3Store(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> None:
         full = self._full(key)
-        with self._errors("upload", key):
+        with self._errors(f"upload of {key!r}"):
             self._client.upload_file(
                 str(path), self.bucket, full, ExtraArgs=self._put_args() or None, Config=self._transfer
             )
@@ -377,7 +378,7 @@ class S3Store(ObjectStore):
 
     def delete(self, key: str) -> None:
         full = self._full(key)
-        with self._errors("delete", key):
+        with self._errors(f"delete of {key!r}"):
             self._client.delete_object(Bucket=self.bucket, Key=full)
 
     def delete_prefix(self, prefix: str) -> int:

@@ -135,7 +135,10 @@ class Farm:
     def start_worker(self, name: str | None = None, wait: bool = True, **env: str) -> Process:
         name = name or f"worker{len(self.workers) + 1}"
         scratch = self.root / name / "scratch"
-        merged = {**self.env, "ODM_FARM_WORKER_NAME": name, "ODM_FARM_SCRATCH_DIR": str(scratch), **env}
+        # a worker host of its own: its own data folder and scratch, nothing shared with the API but
+        # Redis and the object store (with local storage, the store folder stands in for S3)
+        merged = {**self.env, "ODM_FARM_WORKER_NAME": name, "ODM_FARM_SCRATCH_DIR": str(scratch),
+                  "ODM_FARM_DATA_DIR": str(self.root / name / "data"), **env}
         proc = _spawn(["worker"], merged, self.root / f"{name}.log")
         self.workers.append(proc)
         if wait:
@@ -219,11 +222,13 @@ def farm_env(root: Path, redis_url: str, **settings: Any) -> dict[str, str]:
 def farm_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[Any]:
     farms: list[Farm] = []
 
-    def make(apis: int = 1, workers: int = 1, token: str = TOKEN, **settings: Any) -> Farm:
+    def make(apis: int = 1, workers: int = 1, token: str = TOKEN, env: dict[str, str] | None = None,
+             **settings: Any) -> Farm:
         root = tmp_path / f"farm{len(farms)}"
         root.mkdir()
-        farm = Farm(root, farm_env(root, redis_server.url(redis_server.fresh_db()), token=token, **settings),
-                    token=token)
+        variables = farm_env(root, redis_server.url(redis_server.fresh_db()), token=token, **settings)
+        variables.update(env or {})
+        farm = Farm(root, variables, token=token)
         farms.append(farm)
         for _ in range(apis):
             farm.start_api()

@@ -39,6 +39,7 @@ SECRET_KEY = "odmfarmtest-secret-0123456789"
 REGION = "us-east-1"
 START_TIMEOUT = 30.0
 START_ATTEMPTS = 3
+STOP_GRACE = 4.0
 # weed's admin worker dials the admin gRPC port at admin port + 10000, whatever -admin.port.grpc says
 ADMIN_GRPC_OFFSET = 10000
 # weed puts its gRPC unix sockets in /tmp whatever TMPDIR says
@@ -304,7 +305,8 @@ class WeedProcess:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                # it usually exits in ~2 s; it can hang on open client connections, and its data is scratch
+                process.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
