@@ -168,24 +168,33 @@ class Node:
             raise InvalidRequest(f"{count} images uploaded, but this node can only process up to {limit}.",
                                  no_retry=True)
 
+    def refuse_empty_images(self, sizes: dict[str, int]) -> None:
+        """A 0-byte image can never be processed: refuse it now rather than fail the task later."""
+        empty = sorted(name for name, size in sizes.items() if size == 0 and is_image_name(name))
+        if empty:
+            raise InvalidRequest(f"Invalid file {empty[0]}: it is empty (0 bytes).", no_retry=True)
+
     def record_uploads(self, uuid: str, files: dict[str, int]) -> None:
         self.tasks.add_session_files(uuid, files)
 
     def commit(self, uuid: str) -> str:
         session = self.require_session(uuid)
+        # parallel uploads each pass check_image_limit before any of them is recorded: count again here
+        self.check_image_limit(uuid, [])
         options = json.loads(session.get("options") or "[]")
-        status = self._initial_status()
         run_id = new_run_id()
         queue = choose_queue(options, self.live_workers())
-        self.tasks.commit_session(uuid, status, run_id, {"queue": queue, "enqueuedAt": now_ms()})
+        self.tasks.commit_session(uuid, self._slots(), run_id, {"queue": queue, "enqueuedAt": now_ms()})
         self._enqueue(uuid, run_id, queue)
         return uuid
 
     def _initial_status(self) -> TaskStatus:
-        # ODM's split-merge client treats QUEUED right after commit as "node full" and takes the task back;
+        # (commit decides the same atomically in the store) ODM's split-merge client treats QUEUED right after commit as "node full" and takes the task back;
         # so a task that a free slot will pick up at once reports RUNNING, and only a backlog reports QUEUED.
-        slots = sum(int(w.get("slots", 0)) for w in self.live_workers(max_age=0.5))
-        return TaskStatus.RUNNING if self.tasks.active_count() < slots else TaskStatus.QUEUED
+        return TaskStatus.RUNNING if self.tasks.active_count() < self._slots() else TaskStatus.QUEUED
+
+    def _slots(self) -> int:
+        return sum(int(w.get("slots", 0)) for w in self.live_workers(max_age=0.5))
 
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)

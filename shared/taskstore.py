@@ -156,21 +156,32 @@ class TaskStore:
 
     def add_session_files(self, uuid: str, files: dict[str, int]) -> None:
         pipe = self.r.pipeline()
-        pipe.hset(Keys.upload_files(uuid), mapping=files)
+        if files:  # HSET with no pairs is an error; a zipurl-only task records no files
+            pipe.hset(Keys.upload_files(uuid), mapping=files)
         pipe.zadd(Keys.uploads, {uuid: time.time()})
         pipe.execute()
 
-    def commit_session(self, uuid: str, status: TaskStatus, run_id: str, extra: dict[str, Any]) -> dict[str, str]:
-        """Turn an upload session into a task record, atomically; a second commit finds no session."""
+    def commit_session(self, uuid: str, slots: int, run_id: str, extra: dict[str, Any]) -> dict[str, str]:
+        """Turn an upload session into a task record, atomically; a second commit finds no session.
+
+        The task reports RUNNING when one of `slots` is free and QUEUED when the farm is full, decided in
+        the same transaction so that simultaneous commits cannot all claim the last free slot.
+        """
         skey, fkey, tkey = Keys.upload(uuid), Keys.upload_files(uuid), Keys.task(uuid)
         with self.r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(skey, fkey)
-                    session = pipe.hgetall(skey)
+                    pipe.watch(skey, fkey, Keys.active)
+                    # one snapshot of both: a commit that wins in between must not look like a session
+                    # without files
+                    snapshot = self.r.pipeline()
+                    snapshot.hgetall(skey)
+                    snapshot.hgetall(fkey)
+                    snapshot.scard(Keys.active)
+                    session, files, active = snapshot.execute()
+                    status = TaskStatus.RUNNING if active < slots else TaskStatus.QUEUED
                     if not session:
                         raise InvalidRequest("Invalid uuid (not found)")
-                    files = pipe.hgetall(fkey)
                     if not files and not session.get("zipurl"):
                         raise InvalidRequest("Need at least 1 file.")
                     record = dict(session)
