@@ -19,7 +19,7 @@ from shared.taskstore import now_ms
 from workers import files, webhooks
 from workers.postprocess import postprocess
 from workers.runner import Run
-from workers.runtime import Job, WorkerRuntime
+from workers.runtime import SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         outcome = _run(rt, job, record, workdir)
     except Stop:
         outcome = "stopped"
+        if job.reason == SHUTDOWN:
+            rt.requeue(uuid, run_id, f"Worker {rt.id} is shutting down")
+            outcome = "handed over"
     except Failed as exc:
         _fail(rt, job, str(exc))
     except Exception as exc:  # noqa: BLE001 - whatever breaks, the task ends FAILED with a message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ class Run:
         self.pgid_file = pgid_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.killed = threading.Event()
+        self.finished = threading.Event()  # wait() has returned: nothing of this run is left to kill
         self._pending: list[str] = []
         self._lock = threading.Lock()
 
@@ -59,6 +61,7 @@ class Run:
         self._flush()
         if self.pgid_file:
             self.pgid_file.unlink(missing_ok=True)
+        self.finished.set()
         return code
 
     def _flush_loop(self, stop: threading.Event) -> None:
@@ -74,7 +77,8 @@ class Run:
     def kill(self, grace: float = 1.0) -> None:
         """SIGTERM the process group (and any descendant that left it), SIGKILL what is left after `grace`."""
         self.killed.set()
-        if self.proc is None or self.proc.poll() is not None:
+        # not proc.poll(): a leader that exited can leave group members running that hold the console open
+        if self.proc is None or self.finished.is_set():
             return
         kill_tree(self.proc.pid, grace)
 
@@ -112,14 +116,10 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         proc.send_signal(sig)
-    except psutil.NoSuchProcess:
-        pass

@@ -28,6 +28,7 @@ from workers.runner import Run, kill_tree
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
+SHUTDOWN = "worker shutting down"
 
 
 @dataclass
@@ -97,7 +98,10 @@ class WorkerRuntime:
                  self.engine_info.version, ",".join(self.queues), self.settings.worker_slots)
 
     def stop(self) -> None:
+        """Leave the farm: running tasks go back to the queue at once instead of waiting for their lease."""
         self.stopping.set()
+        for job in self.running():
+            job.cancel(SHUTDOWN)
         try:
             self.tasks.remove_worker(self.id)
         except Exception:  # noqa: BLE001 - best effort at shutdown
@@ -242,26 +246,34 @@ class WorkerRuntime:
         """Re-queue running tasks whose worker stopped renewing the lease; fail them after max attempts."""
         requeued = []
         for uuid in self.tasks.active_uuids():
-            fields = self.tasks.r.hmget(Keys.task(uuid), "status", "runId", "worker", "attempt", "options", "queue")
-            status, run_id, worker, attempt, _options, queue = fields
+            status, run_id, worker = self.tasks.r.hmget(Keys.task(uuid), "status", "runId", "worker")
             if status != str(int(TaskStatus.RUNNING)) or not worker or self.tasks.has_lease(uuid):
                 continue
-            attempts = int(attempt or 1)
-            line = f"Worker {worker} stopped responding during attempt {attempts}."
-            if attempts >= self.settings.max_attempts:
-                self.tasks.append_output(uuid, run_id, [line + " Giving up."])
-                self.tasks.transition(uuid, TaskStatus.FAILED, run_id=run_id,
-                                      errorMessage=f"Processing was interrupted {attempts} times (worker lost)")
-                continue
-            new_run = new_run_id()
-            self.tasks.append_output(uuid, run_id, [line + " Re-queued."])
-            moved = self.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id, allowed=(TaskStatus.RUNNING,),
-                                          runId=new_run, attempt=attempts + 1, worker=None, progress=0)
-            if moved.ok:
-                self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)
+            if self.requeue(uuid, run_id, f"Worker {worker} stopped responding"):
                 requeued.append(uuid)
                 log.warning("task %s re-queued after worker %s was lost", uuid, worker)
         return requeued
+
+    def requeue(self, uuid: str, run_id: str, why: str) -> bool:
+        """Hand a run that cannot finish here to another worker under a new run id; fail after max attempts.
+
+        Progress is kept (clients never see it go backwards); the new run's reports count once they pass it.
+        """
+        attempt, queue = self.tasks.r.hmget(Keys.task(uuid), "attempt", "queue")
+        attempts = int(attempt or 1)
+        line = f"{why} during attempt {attempts}."
+        if attempts >= self.settings.max_attempts:
+            self.tasks.append_output(uuid, run_id, [line + " Giving up."])
+            self.tasks.transition(uuid, TaskStatus.FAILED, run_id=run_id,
+                                  errorMessage=f"Processing was interrupted {attempts} times (worker lost)")
+            return False
+        new_run = new_run_id()
+        self.tasks.append_output(uuid, run_id, [line + " Re-queued."])
+        moved = self.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id, allowed=(TaskStatus.RUNNING,),
+                                      runId=new_run, attempt=attempts + 1, worker=None)
+        if moved.ok:
+            self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)
+        return moved.ok
 
     def janitor(self) -> None:
         """Delete finished tasks and abandoned uploads older than the cleanup period."""

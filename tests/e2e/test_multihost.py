@@ -142,7 +142,6 @@ def test_a_killed_worker_task_is_requeued_and_completes(farm_factory, tmp_path: 
     survivor = "w2" if owner == "w1" else "w1"
     victim = next(w for w in farm.workers if w.log.stem == owner)
     victim.stop(signal.SIGKILL)
-    assert group_alive(pgid), "the orphaned engine keeps running until its host's worker comes back"
 
     info = wait_status(farm, task.uuid, (40, 30), timeout=90)
     assert info["status"]["code"] == 40, info
@@ -152,7 +151,28 @@ def test_a_killed_worker_task_is_requeued_and_completes(farm_factory, tmp_path: 
     assert farm.redis.hget(f"odmfarm:task:{task.uuid}", "attempt") == "2"
     assert task.info().status == TaskStatus.COMPLETED
 
-    # the host's worker comes back: it kills the orphaned engine and drops the stale scratch folder
+    # the host's worker comes back: it kills what is left of the orphaned engine and drops the stale scratch
     farm.start_worker(owner)
     wait_until(lambda: not group_alive(pgid), 15, "orphaned engine not killed by the restarted worker")
     assert engine_pgids(farm, task.uuid) == []
+    assert not list((farm.root / owner / "scratch").glob(f"{task.uuid}-*"))
+
+
+def test_a_stopping_worker_hands_its_task_over_at_once(farm_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a lease far longer than the test: only the hand-over on shutdown can explain a quick completion
+    farm: Farm = farm_factory(workers=0, worker_slots=1, lease_seconds=300, simulate_seconds=0.5)
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    task = farm.node().create_task(make_images(tmp_path, 2) + [slow_image(tmp_path, 4)])
+    pgid = wait_engine(farm, task.uuid)
+    owner = worker_of(farm, task.uuid)
+    victim = next(w for w in farm.workers if w.log.stem == owner)
+    started = time.monotonic()
+    victim.stop(signal.SIGTERM)
+    assert time.monotonic() - started < 10, "a warm shutdown must not wait for the run to finish"
+    assert not group_alive(pgid), "the stopping worker's engine must be gone"
+    info = wait_status(farm, task.uuid, (40, 30), timeout=60)
+    assert info["status"]["code"] == 40
+    assert worker_of(farm, task.uuid) != owner
+    console = farm.get(f"/task/{task.uuid}/output").json()
+    assert any(f"Worker {owner} is shutting down" in line and "Re-queued" in line for line in console)

@@ -1,0 +1,404 @@
+"""The worker runtime's recovery logic on a real Redis and local store: progress datagrams, reaper, janitor, watchdog."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.models import TaskStatus
+from shared.queue import PROCESS_TASK, make_celery
+from shared.settings import Settings
+from shared.taskstore import Keys, TaskStore, new_run_id
+from tests.support.farm import RedisServer
+from workers.engines.base import Command
+from workers.engines.simulate import SimulateEngine
+from workers.runner import Run
+from workers.runtime import Job, WorkerRuntime, parse_progress
+
+S = TaskStatus
+UUID = "0b7e9c4e-2d6a-4c1f-9a57-1f3f5d2a8e10"
+
+MakeRuntime = Callable[..., WorkerRuntime]
+
+
+# --- parse_progress -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (f"PGUP/1234/{UUID}/45.5".encode(), (UUID, 45.5)),
+        (f"PGUP/1234/{UUID}/0".encode(), (UUID, 0.0)),
+        (f"PGUP/1/{UUID}/100.0\n".encode(), (UUID, 100.0)),
+        (f"  PGUP/1/{UUID}/7  ".encode(), (UUID, 7.0)),
+        (f"PGUP/1/{UUID}/-5".encode(), (UUID, 0.0)),
+        (f"PGUP/1/{UUID}/-inf".encode(), (UUID, 0.0)),
+        (f"PGUP/1/{UUID}/250".encode(), (UUID, 100.0)),
+        (f"PGUP/1/{UUID}/inf".encode(), (UUID, 100.0)),
+        (f"PGUP/1/{UUID}/1e3".encode(), (UUID, 100.0)),
+    ],
+)
+def test_parse_progress_valid(data: bytes, expected: tuple[str, float]) -> None:
+    assert parse_progress(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"PGUP",
+        f"PGUP/1/{UUID}".encode(),
+        f"PGUP/1/{UUID}/".encode(),
+        f"PGUP/1/{UUID}/abc".encode(),
+        f"PGUP/1/{UUID}/5/6".encode(),
+        f"pgup/1/{UUID}/50".encode(),
+        f"XGUP/1/{UUID}/50".encode(),
+        f"PGUP/1/{UUID}/nan".encode(),
+        f"PGUP/1/{UUID}/NaN".encode(),
+        f"PGUP/1/{UUID}/-nan".encode(),
+        b"PGUP/1/project/50",
+        b"PGUP/1/../../etc/passwd/50",
+        b"PGUP/1//50",
+        b"PGUP/1/odm_project/50",
+        f"PGUP/1/{UUID}x/50".encode(),
+        f"PGUP/1/{UUID[:-1]}/50".encode(),
+        f"PGUP/1/{UUID}\xe9/50".encode("latin-1"),
+        b"PGUP/1/\xff\xfe\xfd/50",
+        "PGUP/1/ünïcode/50".encode(),
+        f"PGUP/1/{UUID}/٥٠".encode(),  # Arabic-Indic digits: float() accepts them, ascii does not
+        b"\x00\x01\x02",
+    ],
+)
+def test_parse_progress_rejects(data: bytes) -> None:
+    assert parse_progress(data) is None
+
+
+# --- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture
+def make_runtime(redis_server: RedisServer, tmp_path: Path) -> Iterator[MakeRuntime]:
+    """A WorkerRuntime on a flushed Redis database and a local store, never start()ed."""
+    url = redis_server.url(redis_server.fresh_db())
+    made: list[WorkerRuntime] = []
+
+    def make(**overrides: Any) -> WorkerRuntime:
+        values: dict[str, Any] = {"redis_url": url, "data_dir": tmp_path, "lease_seconds": 5.0, "max_attempts": 2,
+                                  "worker_gpu": False, "worker_name": f"w-test{len(made)}"}
+        settings = Settings(**{**values, **overrides})
+        rt = WorkerRuntime(settings, make_celery(settings), engine=SimulateEngine())
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        for job in rt.running():
+            job.cancel("test over")
+        rt.celery.close()
+        rt.tasks.r.close()
+
+
+@pytest.fixture
+def rt(make_runtime: MakeRuntime) -> WorkerRuntime:
+    return make_runtime()
+
+
+def new_task(tasks: TaskStore, status: TaskStatus = S.RUNNING, worker: str | None = "w-dead", attempt: int = 1,
+             queue: str | None = "cpu") -> tuple[str, str]:
+    """A committed task, claimed by `worker` when one is given; returns (uuid, run id)."""
+    uuid, run_id = str(uuidlib.uuid4()), new_run_id()
+    tasks.create_session(uuid, {"options": []})
+    tasks.add_session_files(uuid, {"a.jpg": 1})
+    extra: dict[str, Any] = {"queue": queue} if queue else {}
+    tasks.commit_session(uuid, 1_000_000 if status is S.RUNNING else 0, run_id, extra)  # slots free or not
+    assert tasks.status(uuid) is status
+    fields: dict[str, Any] = {"attempt": attempt, "startedAt": int(time.time() * 1000)}
+    if worker:
+        fields["worker"] = worker
+    assert tasks.update(uuid, run_id=run_id, **fields)
+    tasks.append_output(uuid, run_id, ["engine line"])
+    return uuid, run_id
+
+
+def broker_messages(tasks: TaskStore, queue: str) -> list[dict[str, Any]]:
+    """The Celery messages waiting in a queue: the kombu Redis transport keeps each queue as a list."""
+    messages = []
+    for raw in reversed(tasks.r.lrange(queue, 0, -1)):  # LPUSH: oldest last
+        message = json.loads(raw)
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        messages.append({"task": message["headers"]["task"], "args": args, "kwargs": kwargs})
+    return messages
+
+
+# --- reaper -----------------------------------------------------------------------------------------
+def test_reap_requeues_a_running_task_whose_worker_is_gone(rt: WorkerRuntime) -> None:
+    uuid, old_run = new_task(rt.tasks, worker="w-dead")
+    assert rt.reap() == [uuid]
+    record = rt.tasks.get(uuid)
+    assert record["status"] == str(int(S.RUNNING))
+    assert record["runId"] != old_run
+    assert record["attempt"] == "2"
+    assert "worker" not in record
+    assert record["progress"] == "0"
+    assert rt.tasks.output(uuid) == ["engine line", "Worker w-dead stopped responding during attempt 1. Re-queued."]
+    assert broker_messages(rt.tasks, "cpu") == [{"task": PROCESS_TASK, "args": [uuid, record["runId"]],
+                                                 "kwargs": {}}]
+    assert rt.tasks.active_uuids() == [uuid]
+    # the old run is locked out; the new one owns the task
+    assert not rt.tasks.append_output(uuid, old_run, ["late"])
+    assert not rt.tasks.transition(uuid, S.COMPLETED, run_id=old_run).ok
+    assert rt.tasks.append_output(uuid, record["runId"], ["new run"])
+    # now unclaimed: a second pass leaves it for the worker that takes the message
+    assert rt.reap() == []
+    assert len(broker_messages(rt.tasks, "cpu")) == 1
+
+
+def test_reap_sends_the_message_to_the_task_queue(rt: WorkerRuntime) -> None:
+    gpu_task, _ = new_task(rt.tasks, queue="gpu")
+    no_queue, _ = new_task(rt.tasks, queue=None)
+    assert sorted(rt.reap()) == sorted([gpu_task, no_queue])
+    assert [m["args"][0] for m in broker_messages(rt.tasks, "gpu")] == [gpu_task]
+    assert [m["args"][0] for m in broker_messages(rt.tasks, "cpu")] == [no_queue]  # default queue
+    for uuid in (gpu_task, no_queue):
+        queue = "gpu" if uuid == gpu_task else "cpu"
+        assert broker_messages(rt.tasks, queue)[0]["args"][1] == rt.tasks.get(uuid)["runId"]
+
+
+def test_reap_leaves_a_task_with_a_live_lease_alone(rt: WorkerRuntime) -> None:
+    uuid, run_id = new_task(rt.tasks, worker="w-alive")
+    rt.tasks.take_lease(uuid, run_id, 0.3)
+    before = rt.tasks.get(uuid)
+    assert rt.reap() == []
+    assert rt.tasks.get(uuid) == before
+    assert rt.tasks.output(uuid) == ["engine line"]
+    assert broker_messages(rt.tasks, "cpu") == []
+    time.sleep(0.4)  # the worker stops renewing
+    assert rt.reap() == [uuid]
+    assert rt.tasks.get(uuid)["attempt"] == "2"
+
+
+def test_reap_fails_a_task_that_used_its_attempts(rt: WorkerRuntime) -> None:
+    uuid, run_id = new_task(rt.tasks, worker="w-dead", attempt=2)
+    assert rt.reap() == []
+    record = rt.tasks.get(uuid)
+    assert record["status"] == str(int(S.FAILED))
+    assert record["errorMessage"] == "Processing was interrupted 2 times (worker lost)"
+    assert record["runId"] == run_id
+    assert rt.tasks.output(uuid)[-1] == "Worker w-dead stopped responding during attempt 2. Giving up."
+    assert broker_messages(rt.tasks, "cpu") == []
+    assert rt.tasks.active_uuids() == []
+    assert rt.tasks.finished_before(time.time() + 1) == [uuid]
+
+
+def test_reap_counts_attempts_across_lost_workers(rt: WorkerRuntime) -> None:
+    uuid, _ = new_task(rt.tasks, worker="w1")
+    assert rt.reap() == [uuid]
+    # a second worker takes the re-queued message, claims the run, and is lost too
+    run2 = rt.tasks.get(uuid)["runId"]
+    assert rt.tasks.transition(uuid, S.RUNNING, run_id=run2, allowed=(S.QUEUED, S.RUNNING), worker="w2").ok
+    assert rt.reap() == []
+    record = rt.tasks.get(uuid)
+    assert record["status"] == str(int(S.FAILED))
+    assert record["errorMessage"] == "Processing was interrupted 2 times (worker lost)"
+    assert rt.tasks.output(uuid)[-2:] == ["Worker w1 stopped responding during attempt 1. Re-queued.",
+                                          "Worker w2 stopped responding during attempt 2. Giving up."]
+    assert len(broker_messages(rt.tasks, "cpu")) == 1
+
+
+def test_reap_leaves_unclaimed_and_finished_tasks_alone(rt: WorkerRuntime) -> None:
+    queued, _ = new_task(rt.tasks, S.QUEUED, worker=None)
+    running_unclaimed, _ = new_task(rt.tasks, S.RUNNING, worker=None)
+    queued_with_worker, _ = new_task(rt.tasks, S.QUEUED, worker="w-dead")
+    done, done_run = new_task(rt.tasks, S.RUNNING, worker="w-dead")
+    rt.tasks.transition(done, S.COMPLETED, run_id=done_run)
+    snapshot = {u: rt.tasks.get(u) for u in (queued, running_unclaimed, queued_with_worker, done)}
+    assert rt.reap() == []
+    assert {u: rt.tasks.get(u) for u in snapshot} == snapshot
+    assert broker_messages(rt.tasks, "cpu") == []
+
+
+def test_reap_skips_a_task_removed_meanwhile(rt: WorkerRuntime) -> None:
+    uuid, _ = new_task(rt.tasks)
+    rt.tasks.r.sadd(Keys.active, "0" * 8 + "-0000-0000-0000-" + "0" * 12)  # a stale member without a record
+    rt.tasks.delete(uuid)
+    assert rt.reap() == []
+    assert all(uuid not in key for key in rt.tasks.r.scan_iter())
+
+
+# --- janitor ----------------------------------------------------------------------------------------
+def _put_objects(rt: WorkerRuntime, uuid: str) -> None:
+    rt.store.put_bytes(f"{uuid}/inputs/a.jpg", b"image")
+    rt.store.put_bytes(f"{uuid}/results/all.zip", b"zip")
+
+
+def test_janitor_removes_old_finished_tasks_and_stale_uploads(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(cleanup_minutes=10)
+    old = time.time() - 11 * 60
+    old_done, run = new_task(rt.tasks)
+    rt.tasks.transition(old_done, S.COMPLETED, run_id=run)
+    old_canceled, _ = new_task(rt.tasks)
+    rt.tasks.transition(old_canceled, S.CANCELED)
+    recent_done, run = new_task(rt.tasks)
+    rt.tasks.transition(recent_done, S.FAILED, run_id=run)
+    active, _ = new_task(rt.tasks, S.RUNNING, worker=None)
+    rt.tasks.r.zadd(Keys.finished, {old_done: old, old_canceled: old - 3600, recent_done: time.time() - 9 * 60})
+    old_upload, recent_upload = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    for upload in (old_upload, recent_upload):
+        rt.tasks.create_session(upload, {"options": []})
+        rt.tasks.add_session_files(upload, {"a.jpg": 5})
+    rt.tasks.r.zadd(Keys.uploads, {old_upload: old})
+    everything = (old_done, old_canceled, recent_done, active, old_upload, recent_upload)
+    for uuid in everything:
+        _put_objects(rt, uuid)
+
+    rt.janitor()
+
+    gone = (old_done, old_canceled, old_upload)
+    keys = list(rt.tasks.r.scan_iter())
+    for uuid in gone:
+        assert all(uuid not in key for key in keys), uuid
+        assert uuid not in rt.tasks.list_uuids()
+        assert rt.store.list(f"{uuid}/") == []
+    assert rt.tasks.r.zscore(Keys.uploads, old_upload) is None
+    assert rt.tasks.r.zrange(Keys.finished, 0, -1) == [recent_done]
+    assert rt.tasks.list_uuids() == [recent_done, active]
+    assert rt.tasks.session(recent_upload) is not None
+    assert rt.tasks.session_files(recent_upload) == {"a.jpg": 5}
+    for uuid in (recent_done, active, recent_upload):
+        assert len(rt.store.list(f"{uuid}/")) == 2, uuid
+
+
+def test_janitor_never_removes_active_tasks(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(cleanup_minutes=1)
+    uuid, run_id = new_task(rt.tasks)
+    rt.tasks.r.hset(Keys.task(uuid), "committedAt", 0)
+    rt.tasks.r.zadd(Keys.tasks, {uuid: 0})
+    rt.janitor()
+    assert rt.tasks.get(uuid)["runId"] == run_id
+
+
+def test_janitor_disabled_with_zero_minutes(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(cleanup_minutes=0)
+    uuid, run = new_task(rt.tasks)
+    rt.tasks.transition(uuid, S.COMPLETED, run_id=run)
+    rt.tasks.r.zadd(Keys.finished, {uuid: 0})
+    upload = str(uuidlib.uuid4())
+    rt.tasks.create_session(upload, {})
+    rt.tasks.r.zadd(Keys.uploads, {upload: 0})
+    rt.janitor()
+    assert rt.tasks.exists(uuid) and rt.tasks.session(upload) is not None
+
+
+# --- watchdog ---------------------------------------------------------------------------------------
+def running_job(rt: WorkerRuntime, lease: bool = True, **job_fields: Any) -> Job:
+    uuid, run_id = new_task(rt.tasks, worker=rt.id)
+    if lease:
+        rt.tasks.take_lease(uuid, run_id, rt.settings.lease_seconds)
+    job = Job(uuid, run_id, **job_fields)
+    rt.register(job)
+    return job
+
+
+def sleeper(tmp_path: Path) -> tuple[Run, threading.Thread, list[int]]:
+    """A real engine process that would run for a minute, waited on in a thread."""
+    run = Run(Command([sys.executable, "-c", "import time; time.sleep(60)"]), lambda lines: None,
+              tmp_path / f"console-{uuidlib.uuid4().hex}.txt")
+    run.start()
+    codes: list[int] = []
+    waiter = threading.Thread(target=lambda: codes.append(run.wait()), daemon=True)
+    waiter.start()
+    return run, waiter, codes
+
+
+def test_watch_leaves_a_healthy_job_running_and_renews_its_lease(rt: WorkerRuntime) -> None:
+    job = running_job(rt)
+    rt.tasks.r.pexpire(Keys.lease(job.uuid), 1000)
+    rt._watch_once(renew=True)
+    assert not job.cancelled.is_set()
+    assert rt.tasks.r.pttl(Keys.lease(job.uuid)) > 4000
+    rt._watch_once(renew=False)
+    assert not job.cancelled.is_set()
+
+
+def test_watch_cancels_a_canceled_task_and_kills_its_engine(rt: WorkerRuntime, tmp_path: Path) -> None:
+    job = running_job(rt)
+    other = running_job(rt)
+    run, waiter, codes = sleeper(tmp_path)
+    job.run = run
+    assert rt.tasks.transition(job.uuid, S.CANCELED).ok  # what the API does
+    rt._watch_once(renew=False)
+    assert job.cancelled.is_set() and job.reason == "canceled"
+    waiter.join(10)
+    assert codes and codes[0] < 0
+    assert not other.cancelled.is_set()
+    assert rt.tasks.status(job.uuid) is S.CANCELED
+
+
+def test_watch_cancels_a_removed_task(rt: WorkerRuntime) -> None:
+    job = running_job(rt)
+    rt.tasks.delete(job.uuid)
+    rt._watch_once(renew=False)
+    assert job.cancelled.is_set() and job.reason == "removed"
+
+
+def test_watch_cancels_a_superseded_run(rt: WorkerRuntime) -> None:
+    job = running_job(rt)
+    rt.tasks.transition(job.uuid, S.RUNNING, run_id=job.run_id, allowed=(S.RUNNING,), runId=new_run_id())
+    rt._watch_once(renew=False)
+    assert job.cancelled.is_set() and job.reason == "superseded"
+
+
+def test_watch_cancels_a_run_the_reaper_requeued(make_runtime: MakeRuntime) -> None:
+    # a worker that stalled past its lease finds its task re-queued, and stops its copy of the run
+    rt, reaper = make_runtime(), make_runtime()
+    job = running_job(rt, lease=False)
+    assert reaper.reap() == [job.uuid]
+    rt._watch_once(renew=True)
+    assert job.cancelled.is_set() and job.reason == "superseded"
+
+
+def test_watch_cancels_when_the_lease_is_lost(rt: WorkerRuntime) -> None:
+    job = running_job(rt, lease=False)
+    rt._watch_once(renew=False)
+    assert not job.cancelled.is_set()
+    rt._watch_once(renew=True)
+    assert job.cancelled.is_set() and job.reason == "lease lost"
+
+
+def test_watch_cancels_after_max_runtime(make_runtime: MakeRuntime, tmp_path: Path) -> None:
+    rt = make_runtime(max_runtime=1.5)
+    late = running_job(rt, started=time.monotonic() - 5)
+    fresh = running_job(rt)
+    run, waiter, codes = sleeper(tmp_path)
+    late.run = run
+    rt._watch_once(renew=True)
+    assert late.cancelled.is_set() and late.reason == "max runtime"
+    assert not fresh.cancelled.is_set()
+    record = rt.tasks.get(late.uuid)
+    assert record["status"] == str(int(S.CANCELED))
+    assert record["errorMessage"] == "Maximum runtime of 1.5 seconds exceeded"
+    assert rt.tasks.output(late.uuid)[-1] == (
+        "Task exceeded this node's maximum runtime of 1.5 seconds and was cancelled.")
+    assert rt.tasks.active_uuids() == [fresh.uuid]
+    waiter.join(10)
+    assert codes and codes[0] < 0
+    assert rt.tasks.status(fresh.uuid) is S.RUNNING
+
+
+def test_watch_max_runtime_never_overwrites_a_finished_task(make_runtime: MakeRuntime) -> None:
+    rt = make_runtime(max_runtime=1)
+    job = running_job(rt, started=time.monotonic() - 5)
+    assert rt.tasks.transition(job.uuid, S.COMPLETED, run_id=job.run_id).ok
+    rt._watch_once(renew=False)
+    assert rt.tasks.status(job.uuid) is S.COMPLETED
+
+
+def test_watch_with_no_jobs_does_nothing(rt: WorkerRuntime) -> None:
+    rt._watch_once(renew=True)
+    assert list(rt.tasks.r.scan_iter()) == []
