@@ -44,6 +44,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(env)
     if not settings.redis_url:
         sys.exit("odm-farm api: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
+    _check_dependencies("api", settings)
     argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
             "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
             "--bind", f"{settings.host}:{settings.port}", "--no-control-socket",
@@ -61,10 +62,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(env)
     if not settings.redis_url:
         sys.exit("odm-farm worker: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
+    _check_dependencies("worker", settings)
     from workers.main import run_worker
 
     run_worker(settings)
     return 0
+
+
+def _check_dependencies(role: str, settings: Settings) -> None:
+    """Fail at start-up, with the setting to fix in the message, when Redis or the object store is unusable."""
+    import redis
+
+    from shared.storage import StorageError, make_store
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+    except (redis.RedisError, ValueError) as exc:
+        sys.exit(f"odm-farm {role}: cannot reach Redis at ODM_FARM_REDIS_URL ({_mask(settings.redis_url)}): {exc}")
+    try:
+        make_store(settings).check()
+    except StorageError as exc:
+        sys.exit(f"odm-farm {role}: object store unusable (ODM_FARM_STORAGE={settings.storage}): {exc}")
+
+
+def _mask(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -1,0 +1,82 @@
+"""The `odm-farm` command: `up` runs the whole farm and stops it cleanly; roles fail early with clear messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from odm_farm.redis_server import free_port
+from tests.support.farm import free_udp_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ODM_FARM_")}
+    return subprocess.run([sys.executable, "-m", "odm_farm.cli", *args], env={**base, **(env or {})}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_up_runs_redis_api_and_worker_and_stops_them_all(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ODM_FARM_")}
+    env.update({"ODM_FARM_PORT": str(port), "ODM_FARM_SIMULATE_SECONDS": "0",
+                "ODM_FARM_PROGRESS_PORT": str(free_udp_port()), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "odm_farm.cli", "up"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "ODM Farm is running at" in line or proc.poll() is not None:
+                break
+        assert f"http://127.0.0.1:{port}" in lines[-1], "".join(lines)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        info = requests.get(f"http://127.0.0.1:{port}/info", timeout=5).json()
+        assert info["engine"] == "simulate" and info["maxParallelTasks"] == 1
+        assert (tmp_path / "data" / "redis").is_dir(), "the embedded Redis keeps its data under ./data"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(40)
+    assert proc.returncode == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+
+
+def test_roles_refuse_to_start_without_redis() -> None:
+    result = run_cli("api", env={"ODM_FARM_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"})
+    assert result.returncode == 1
+    assert "cannot reach Redis at ODM_FARM_REDIS_URL" in result.stderr and "hunter2" not in result.stderr
+    result = run_cli("worker")
+    assert result.returncode == 1 and "ODM_FARM_REDIS_URL is required" in result.stderr
+
+
+def test_unusable_object_store_is_named(redis_server) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("worker", env={"ODM_FARM_REDIS_URL": redis_server.url(), "ODM_FARM_STORAGE": "s3",
+                                    "ODM_FARM_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                                    "ODM_FARM_S3_ACCESS_KEY": "a", "ODM_FARM_S3_SECRET_KEY": "b"})
+    assert result.returncode == 1
+    assert "object store unusable (ODM_FARM_STORAGE=s3)" in result.stderr
+
+
+def test_bad_setting_names_the_variable() -> None:
+    result = run_cli("api", env={"ODM_FARM_WORKER_SLOTS": "lots"})
+    assert result.returncode == 1
+    assert "ODM_FARM_WORKER_SLOTS" in result.stderr
+
+
+def test_settings_lists_every_variable() -> None:
+    result = run_cli("settings")
+    assert result.returncode == 0
+    for name in ("ODM_FARM_HOST", "ODM_FARM_REDIS_URL", "ODM_FARM_S3_BUCKET", "ODM_FARM_PUBLIC_URL"):
+        assert name in result.stdout
