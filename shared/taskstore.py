@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.errors import InvalidRequest, TaskNotFound
 from shared.models import TRANSITIONS, TaskStatus, default_task_name
@@ -120,15 +122,20 @@ class Transition:
 
 class TaskStore:
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        # Any: redis-py types every reply as bytes | str even with decode_responses=True
+        self.r: Any = client
         self._transition = client.register_script(_TRANSITION)
         self._progress = client.register_script(_PROGRESS)
         self._append = client.register_script(_APPEND)
 
     @classmethod
     def from_url(cls, url: str) -> TaskStore:
+        # a Redis restart (seconds) should be a slow answer, not an error: clients retry timeouts, but
+        # WebODM fails a task on a 5xx
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
         return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                        socket_keepalive=True, retry_on_timeout=True))
+                                        socket_keepalive=True, socket_connect_timeout=5, retry=retry,
+                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError]))
 
     # --- upload sessions ------------------------------------------------------------------
     def create_session(self, uuid: str, fields: dict[str, Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -115,10 +116,8 @@ class WorkerRuntime:
                 continue  # another worker on this host is using it
             pgid_file = folder / "engine.pgid"
             if pgid_file.exists():
-                try:
+                with contextlib.suppress(ValueError, OSError):
                     kill_tree(int(pgid_file.read_text().strip()), grace=0.5)
-                except (ValueError, OSError):
-                    pass
             shutil.rmtree(folder, ignore_errors=True)
 
     # --- jobs -----------------------------------------------------------------------------
