@@ -9,6 +9,7 @@ import redis
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.uploads import MAX_FIELD_MEMORY
 from shared.errors import FarmError, Unauthorized
 from shared.node import Node
 from shared.queue import make_celery
@@ -27,6 +28,8 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
+    # request.form (init, commands) gets the same field limit as the streaming upload parser
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FIELD_MEMORY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
 
@@ -64,8 +67,15 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
+        # werkzeug raises the same exception for the request limit and for the form limits
         limit = settings.max_upload_mb
-        return nodeodm_error(f"Request too large: the limit is {limit} MB per request.", no_retry=True)
+        if limit and (request.content_length or 0) > limit * 1024 * 1024:
+            return nodeodm_error(f"Request too large: the limit is {limit} MB per request.", no_retry=True)
+        field_mb = MAX_FIELD_MEMORY // (1024 * 1024)
+        message = f"Request too large: a form field is over {field_mb} MB, or the form has too many parts"
+        if limit and request.content_length is None:
+            message += f", or the request is over {limit} MB"
+        return nodeodm_error(message + ".", no_retry=True)
 
     @app.errorhandler(ObjectNotFound)
     def missing_object(exc: ObjectNotFound):  # type: ignore[no-untyped-def]

@@ -52,4 +52,4 @@ def health():  # type: ignore[no-untyped-def]
 @bp.get("/workers")
 def workers():  # type: ignore[no-untyped-def]
     """The live worker hosts (an extension: NodeODM clients ignore it)."""
-    return jsonify(node().live_workers(max_age=0))
+    return jsonify(node().live_workers())

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, g, jsonify, redirect, request
 from api.app import node
 from shared.assets import ASSETS
 from shared.errors import InvalidRequest
+from shared.models import TaskStatus
 from shared.node import results_prefix
 from shared.storage import ObjectNotFound
 from shared.tasks import task_info
@@ -49,11 +50,14 @@ def asset_key(uuid: str, asset: str) -> str:
 @bp.route("/task/<uuid>/download/<path:asset>", methods=["GET", "HEAD"])
 def download(uuid: str, asset: str):  # type: ignore[no-untyped-def]
     n = node()
-    n.get(uuid)
+    record = n.get(uuid)
     key = asset_key(uuid, asset)
     try:
         size = n.store.size(key)
     except ObjectNotFound:
+        # a finished task will never produce a missing asset: "not ready" would have clients wait forever
+        if asset != "all.zip" and record.get("status") == str(int(TaskStatus.COMPLETED)):
+            raise InvalidRequest(f"Asset not available: this task did not produce {asset}") from None
         raise InvalidRequest("Asset not ready") from None
     if n.settings.download_redirect:
         url = n.store.presigned_url(key, filename=asset)

@@ -76,6 +76,7 @@ def receive(node: Node, uuid: str) -> Upload:
             fields = {}
         # the last copy of a name wins, as when a client retries a file
         latest = {w.name: w for w in writers}
+        node.refuse_empty_images({name: w.size for name, w in latest.items()})
         node.check_image_limit(uuid, list(latest))
     except BaseException as exc:
         for w in writers:

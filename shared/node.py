@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -39,13 +36,6 @@ def task_prefix(uuid: str) -> str:
     return f"{uuid}/"
 
 
-@dataclass
-class _Cached:
-    value: Any = None
-    at: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class Node:
     """One farm as NodeODM clients see it. Stateless: everything lives in Redis and the object store."""
 
@@ -54,34 +44,33 @@ class Node:
         self.tasks = tasks
         self.store = store
         self.celery = celery
-        self._workers = _Cached()
-        self._catalog = _Cached()
+        self._catalogs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        self._catalog_lock = threading.Lock()
 
     # --- workers, engines, options --------------------------------------------------------
-    def live_workers(self, max_age: float = 1.0) -> list[dict[str, Any]]:
-        return self._cached(self._workers, max_age, lambda: self.tasks.live_workers(self.settings.worker_ttl))
+    def live_workers(self) -> list[dict[str, Any]]:
+        # not cached: a worker that just joined or left must show at once (routing, slots, /info)
+        return self.tasks.live_workers(self.settings.worker_ttl)
 
-    def catalog(self) -> list[dict[str, Any]]:
+    def catalog(self, workers: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Options every live engine accepts; the last published list when no worker is alive."""
-        return self._cached(self._catalog, 2.0, self._load_catalog)
+        workers = self.live_workers() if workers is None else workers
+        digests = tuple(sorted({w["optionsDigest"] for w in workers if w.get("optionsDigest")}))
+        with self._catalog_lock:
+            cached = self._catalogs.get(digests)
+        if cached is None:
+            cached = self._load_catalog(digests)
+            with self._catalog_lock:
+                self._catalogs = {digests: cached}  # one entry: the set of live engines rarely changes
+        return cached
 
-    def _load_catalog(self) -> list[dict[str, Any]]:
-        digests = sorted({w["optionsDigest"] for w in self.live_workers() if w.get("optionsDigest")})
+    def _load_catalog(self, digests: tuple[str, ...]) -> list[dict[str, Any]]:
         catalogs = [c for c in (self.tasks.engine_options(d) for d in digests) if c is not None]
         if not catalogs:
             last = self.tasks.r.get("odmfarm:engine:last")
             published = self.tasks.engine_options(last) if last else None
             catalogs = [published] if published else [optionlib.load_bundled_catalog()]
         return catalogs[0] if len(catalogs) == 1 else optionlib.merge_catalogs(catalogs)
-
-    def _cached(self, slot: _Cached, max_age: float, load: Callable[[], Any]) -> Any:
-        now = time.monotonic()
-        if slot.value is not None and now - slot.at < max_age:
-            return slot.value
-        with slot.lock:
-            if slot.value is None or time.monotonic() - slot.at >= max_age:
-                slot.value, slot.at = load(), time.monotonic()
-            return slot.value
 
     def info(self) -> dict[str, Any]:
         workers = self.live_workers()
@@ -194,7 +183,7 @@ class Node:
         return TaskStatus.RUNNING if self.tasks.active_count() < self._slots() else TaskStatus.QUEUED
 
     def _slots(self) -> int:
-        return sum(int(w.get("slots", 0)) for w in self.live_workers(max_age=0.5))
+        return sum(int(w.get("slots", 0)) for w in self.live_workers())
 
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
