@@ -20,14 +20,23 @@ from shared.taskstore import TaskStore
 log = logging.getLogger(__name__)
 
 # Routes that answer without a token: health for orchestrators, auth for clients that need to log in.
-PUBLIC_ENDPOINTS = {"info.health", "info.auth_info", "info.auth_login", "info.auth_register", "static", "web.index"}
+PUBLIC_ENDPOINTS = {
+    "info.health",
+    "info.auth_info",
+    "info.auth_login",
+    "info.auth_register",
+    "static",
+    "web.index",
+}
 
 
 def create_app(settings: Settings | None = None, *, check_store: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
+    app.config["MAX_CONTENT_LENGTH"] = (
+        settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
+    )
     # request.form (init, commands) gets the same field limit as the streaming upload parser
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FIELD_MEMORY
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -48,7 +57,7 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     app.register_blueprint(web.bp)
 
     @app.before_request
-    def check_token():  # type: ignore[no-untyped-def]
+    def check_token():
         if not settings.token or request.endpoint in PUBLIC_ENDPOINTS:
             return None
         given = request.args.get("token", "")
@@ -57,16 +66,16 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
         return None
 
     @app.after_request
-    def open_cors(response):  # type: ignore[no-untyped-def]
+    def open_cors(response):
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
     @app.errorhandler(FarmError)
-    def farm_error(exc: FarmError):  # type: ignore[no-untyped-def]
+    def farm_error(exc: FarmError):
         return nodeodm_error(exc.message, no_retry=exc.no_retry)
 
     @app.errorhandler(RequestEntityTooLarge)
-    def too_large(exc: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
+    def too_large(exc: RequestEntityTooLarge):
         # werkzeug raises the same exception for the request limit and for the form limits
         limit = settings.max_upload_mb
         if limit and (request.content_length or 0) > limit * 1024 * 1024:
@@ -78,13 +87,13 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
         return nodeodm_error(message + ".", no_retry=True)
 
     @app.errorhandler(ObjectNotFound)
-    def missing_object(exc: ObjectNotFound):  # type: ignore[no-untyped-def]
+    def missing_object(exc: ObjectNotFound):
         return nodeodm_error("Asset not ready")
 
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(StorageError)
-    def unavailable(exc: Exception):  # type: ignore[no-untyped-def]
+    def unavailable(exc: Exception):
         log.error("dependency unavailable: %s", exc)
         response = jsonify({"error": f"Service temporarily unavailable, try again: {type(exc).__name__}"})
         response.status_code = 503
@@ -92,7 +101,7 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
         return response
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def http_error(exc: HTTPException):
         response = jsonify({"error": exc.description or exc.name})
         response.status_code = exc.code or 500
         return response
@@ -100,7 +109,7 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     return app
 
 
-def nodeodm_error(message: str, *, no_retry: bool = False):  # type: ignore[no-untyped-def]
+def nodeodm_error(message: str, *, no_retry: bool = False):
     """HTTP 200 with {"error": ...}: what NodeODM clients parse. Commands add "success": false."""
     body: dict[str, object] = {}
     if g.get("command_route"):
@@ -114,4 +123,4 @@ def nodeodm_error(message: str, *, no_retry: bool = False):  # type: ignore[no-u
 def node() -> Node:
     from flask import current_app
 
-    return current_app.extensions["node"]  # type: ignore[no-any-return]
+    return current_app.extensions["node"]

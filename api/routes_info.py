@@ -10,35 +10,40 @@ bp = Blueprint("info", __name__)
 
 
 @bp.get("/info")
-def info():  # type: ignore[no-untyped-def]
+def info():
     if request.args.get("_debugUnauthorized"):
         return Response(status=401)
     return jsonify(node().info())
 
 
 @bp.get("/options")
-def options():  # type: ignore[no-untyped-def]
+def options():
     return jsonify(node().catalog())
 
 
 @bp.get("/auth/info")
-def auth_info():  # type: ignore[no-untyped-def]
-    return jsonify({"message": "Authentication is not available on this node: pass the node's token as ?token=.",
-                    "loginUrl": None, "registerUrl": None})
+def auth_info():
+    return jsonify(
+        {
+            "message": "Authentication is not available on this node: pass the node's token as ?token=.",
+            "loginUrl": None,
+            "registerUrl": None,
+        }
+    )
 
 
 @bp.post("/auth/login")
-def auth_login():  # type: ignore[no-untyped-def]
+def auth_login():
     return jsonify({"error": "Not available"})
 
 
 @bp.post("/auth/register")
-def auth_register():  # type: ignore[no-untyped-def]
+def auth_register():
     return jsonify({"error": "Not available"})
 
 
 @bp.get("/health")
-def health():  # type: ignore[no-untyped-def]
+def health():
     n = node()
     try:
         n.tasks.r.ping()
@@ -50,6 +55,6 @@ def health():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/workers")
-def workers():  # type: ignore[no-untyped-def]
+def workers():
     """The live worker hosts (an extension: NodeODM clients ignore it)."""
     return jsonify(node().live_workers())

@@ -12,14 +12,14 @@ bp = Blueprint("new", __name__)
 
 
 @bp.post("/task/new/init")
-def init():  # type: ignore[no-untyped-def]
+def init():
     form = _fields()
     uuid = node().init_session(form, request.headers.get("set-uuid"))
     return jsonify({"uuid": uuid})
 
 
 @bp.post("/task/new/upload/<uuid>")
-def upload(uuid: str):  # type: ignore[no-untyped-def]
+def upload(uuid: str):
     n = node()
     n.require_session(uuid)
     received = uploads.receive(n, uuid)
@@ -30,12 +30,12 @@ def upload(uuid: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/task/new/commit/<uuid>")
-def commit(uuid: str):  # type: ignore[no-untyped-def]
+def commit(uuid: str):
     return jsonify({"uuid": node().commit(uuid)})
 
 
 @bp.post("/task/new")
-def new():  # type: ignore[no-untyped-def]
+def new():
     """One request: the init fields plus `images` parts, or a `zipurl` the node downloads itself."""
     n = node()
     # Fields come before files in every client's body, but validation needs them all: create the session
@@ -61,6 +61,9 @@ def new():  # type: ignore[no-untyped-def]
 def _fields() -> dict[str, str]:
     if request.is_json:
         body = request.get_json(silent=True)
-        return {k: v if isinstance(v, str) else __import__("json").dumps(v)
-                for k, v in body.items()} if isinstance(body, dict) else {}
+        return (
+            {k: v if isinstance(v, str) else __import__("json").dumps(v) for k, v in body.items()}
+            if isinstance(body, dict)
+            else {}
+        )
     return {k: request.form.get(k, "") for k in request.form}

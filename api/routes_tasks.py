@@ -18,12 +18,12 @@ bp = Blueprint("tasks", __name__)
 
 
 @bp.get("/task/list")
-def task_list():  # type: ignore[no-untyped-def]
+def task_list():
     return jsonify([{"uuid": u} for u in node().tasks.list_uuids()])
 
 
 @bp.get("/task/<uuid>/info")
-def info(uuid: str):  # type: ignore[no-untyped-def]
+def info(uuid: str):
     n = node()
     record = n.get(uuid)
     output = None
@@ -33,7 +33,7 @@ def info(uuid: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/task/<uuid>/output")
-def output(uuid: str):  # type: ignore[no-untyped-def]
+def output(uuid: str):
     n = node()
     n.get(uuid)
     return jsonify(n.tasks.output(uuid, _int_arg("line")))
@@ -48,7 +48,7 @@ def asset_key(uuid: str, asset: str) -> str:
 
 
 @bp.route("/task/<uuid>/download/<path:asset>", methods=["GET", "HEAD"])
-def download(uuid: str, asset: str):  # type: ignore[no-untyped-def]
+def download(uuid: str, asset: str):
     n = node()
     record = n.get(uuid)
     key = asset_key(uuid, asset)
@@ -63,8 +63,11 @@ def download(uuid: str, asset: str):  # type: ignore[no-untyped-def]
         url = n.store.presigned_url(key, filename=asset)
         if url:
             return redirect(url, code=302)
-    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f"attachment; filename={asset}",
-               "Content-Type": "application/zip" if asset.endswith(".zip") else "application/octet-stream"}
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"attachment; filename={asset}",
+        "Content-Type": "application/zip" if asset.endswith(".zip") else "application/octet-stream",
+    }
     start, end, status = 0, size - 1, 200
     if request.range is not None and size > 0:
         span = request.range.range_for_length(size)
@@ -89,21 +92,21 @@ def _command_uuid() -> tuple[str, dict[str, str]]:
 
 
 @bp.post("/task/cancel")
-def cancel():  # type: ignore[no-untyped-def]
+def cancel():
     uuid, _ = _command_uuid()
     node().cancel(uuid)
     return jsonify({"success": True})
 
 
 @bp.post("/task/remove")
-def remove():  # type: ignore[no-untyped-def]
+def remove():
     uuid, _ = _command_uuid()
     node().remove(uuid)
     return jsonify({"success": True})
 
 
 @bp.post("/task/restart")
-def restart():  # type: ignore[no-untyped-def]
+def restart():
     uuid, body = _command_uuid()
     node().restart(uuid, body.get("options"))
     return jsonify({"success": True})

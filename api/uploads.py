@@ -55,7 +55,7 @@ def receive(node: Node, uuid: str) -> Upload:
     """Parse the request, streaming file parts to <uuid>/inputs/<name>. All or nothing for one request."""
     writers: list[_CountingWriter] = []
 
-    def stream_factory(total_content_length, content_type, filename, content_length=None):  # type: ignore[no-untyped-def]
+    def stream_factory(total_content_length, content_type, filename, content_length=None):
         if not filename:
             return _Discard()  # an empty file input: browsers send it when nothing was chosen
         name, key = node.upload_key(uuid, filename)
@@ -66,8 +66,13 @@ def receive(node: Node, uuid: str) -> Upload:
     content_type = request.mimetype
     try:
         if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            _, form, _ = parse_form_data(request.environ, stream_factory=stream_factory, silent=False,
-                                         max_form_memory_size=MAX_FIELD_MEMORY, max_form_parts=MAX_FORM_PARTS)
+            _, form, _ = parse_form_data(
+                request.environ,
+                stream_factory=stream_factory,
+                silent=False,
+                max_form_memory_size=MAX_FIELD_MEMORY,
+                max_form_parts=MAX_FORM_PARTS,
+            )
             fields = {k: form.get(k, "") for k in form}
         elif content_type == "application/json":
             body = request.get_json(silent=True)

@@ -19,8 +19,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Every ODM_FARM_X setting is also a flag --x (the flag wins over the variable)."""
     group = parser.add_argument_group("settings (each also an ODM_FARM_* environment variable)")
     for f in fields(Settings):
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"setting_{f.name}", metavar="VALUE",
-                           help=f.metadata["help"])
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f"setting_{f.name}",
+            metavar="VALUE",
+            help=f.metadata["help"],
+        )
 
 
 def _environment(args: argparse.Namespace) -> dict[str, str]:
@@ -45,13 +49,30 @@ def cmd_api(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         sys.exit("odm-farm api: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
     _check_dependencies("api", settings)
-    argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
-            "--workers", str(settings.api_workers), "--threads", str(settings.api_threads),
-            "--bind", f"{settings.host}:{settings.port}", "--no-control-socket",
-            # uploads and downloads of large files take long: the timeout is for hung workers only
-            "--timeout", "600", "--graceful-timeout", "20", "--keep-alive", "30",
-            "--access-logfile", "-" if args.access_log else "/dev/null",
-            "api.app:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(settings.api_workers),
+        "--threads",
+        str(settings.api_threads),
+        "--bind",
+        f"{settings.host}:{settings.port}",
+        "--no-control-socket",
+        # uploads and downloads of large files take long: the timeout is for hung workers only
+        "--timeout",
+        "600",
+        "--graceful-timeout",
+        "20",
+        "--keep-alive",
+        "30",
+        "--access-logfile",
+        "-" if args.access_log else "/dev/null",
+        "api.app:create_app()",
+    ]
     os.execve(sys.executable, argv, env)
     return 0
 
@@ -78,7 +99,9 @@ def _check_dependencies(role: str, settings: Settings) -> None:
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
     except (redis.RedisError, ValueError) as exc:
-        sys.exit(f"odm-farm {role}: cannot reach Redis at ODM_FARM_REDIS_URL ({_mask(settings.redis_url)}): {exc}")
+        sys.exit(
+            f"odm-farm {role}: cannot reach Redis at ODM_FARM_REDIS_URL ({_mask(settings.redis_url)}): {exc}"
+        )
     try:
         make_store(settings).check()
     except StorageError as exc:
@@ -156,8 +179,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         url = f"http://{settings.host}:{settings.port}"
         engine = settings.engine_name
         if _wait_http(url + "/health", children):
-            print(f"ODM Farm is running at {url} (engine: {engine}, storage: {settings.storage}). "
-                  "Press Ctrl-C to stop.", flush=True)
+            print(
+                f"ODM Farm is running at {url} (engine: {engine}, storage: {settings.storage}). "
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         while True:

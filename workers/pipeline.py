@@ -43,9 +43,15 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         return "stale"
     if not rt.tasks.r.set(f"odmfarm:lease:{uuid}", run_id, nx=True, px=int(rt.settings.lease_seconds * 1000)):
         return "duplicate"
-    claimed = rt.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id,
-                                  allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
-                                  worker=rt.id, startedAt=now_ms(), processingTime=-1)
+    claimed = rt.tasks.transition(
+        uuid,
+        TaskStatus.RUNNING,
+        run_id=run_id,
+        allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
+        worker=rt.id,
+        startedAt=now_ms(),
+        processingTime=-1,
+    )
     if not claimed.ok:
         rt.tasks.release_lease(uuid, run_id)
         return "stale"
@@ -132,8 +138,9 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     _check(job)
 
     started = int(rt.tasks.r.hget(f"odmfarm:task:{uuid}", "startedAt") or now_ms())
-    done = rt.tasks.transition(uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100,
-                               processingTime=now_ms() - started)
+    done = rt.tasks.transition(
+        uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100, processingTime=now_ms() - started
+    )
     if not done.ok:
         raise Stop()
     return "completed"
@@ -147,8 +154,12 @@ def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: P
     if zipurl:
         say([f"Downloading {zipurl}"])
         try:
-            files.fetch_url(zipurl, inputs / "zipurl-download.zip", rt.settings.blocked_networks,
-                            max_bytes=rt.settings.zip_max_bytes or None)
+            files.fetch_url(
+                zipurl,
+                inputs / "zipurl-download.zip",
+                rt.settings.blocked_networks,
+                max_bytes=rt.settings.zip_max_bytes or None,
+            )
         except (files.FetchError, ValueError) as exc:
             raise Failed(f"Could not download {zipurl}: {exc}") from None
 
@@ -217,8 +228,9 @@ def _fail(rt: WorkerRuntime, job: Job, message: str) -> None:
     _push(rt, job, [message])
     started = rt.tasks.r.hget(f"odmfarm:task:{job.uuid}", "startedAt")
     elapsed = now_ms() - int(started) if started else -1
-    rt.tasks.transition(job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message,
-                        processingTime=elapsed)
+    rt.tasks.transition(
+        job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message, processingTime=elapsed
+    )
 
 
 def _notify(rt: WorkerRuntime, uuid: str) -> None:
@@ -231,7 +243,9 @@ def _notify(rt: WorkerRuntime, uuid: str) -> None:
     payload = task_info(record)
     payload["images"] = _images_json(rt, uuid)
     for url in filter(None, {record.get("webhook", ""), rt.settings.webhook}):
-        webhooks.send_webhook_async(url, payload, rt.settings.blocked_networks, retries=rt.settings.webhook_retries)
+        webhooks.send_webhook_async(
+            url, payload, rt.settings.blocked_networks, retries=rt.settings.webhook_retries
+        )
 
 
 def _images_json(rt: WorkerRuntime, uuid: str) -> Any:
@@ -241,4 +255,3 @@ def _images_json(rt: WorkerRuntime, uuid: str) -> Any:
         return json.loads(rt.store.get_bytes(key))
     except Exception:  # noqa: BLE001 - a webhook still goes out without it
         return []
-

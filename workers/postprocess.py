@@ -13,7 +13,9 @@ EPT = "entwine_pointcloud"
 TOOL_TIMEOUT = 6 * 3600
 
 
-def postprocess(project: Path, say: Callable[[str], None], which: Callable[[str], str | None] = shutil.which) -> None:
+def postprocess(
+    project: Path, say: Callable[[str], None], which: Callable[[str], str | None] = shutil.which
+) -> None:
     """Never fails the task: a missing tool or a failing conversion is a console warning."""
     ensure_laz(project, say, which)
     ensure_ept(project, say, which)
@@ -46,7 +48,9 @@ def ensure_ept(project: Path, say: Callable[[str], None], which: Callable[[str],
     elif entwine:
         command = [entwine, "build", "--threads", "2", "--input", str(laz), "--output", str(ept)]
     else:
-        say("Warning: neither untwine nor entwine is installed on this worker; skipping EPT point cloud tiles.")
+        say(
+            "Warning: neither untwine nor entwine is installed on this worker; skipping EPT point cloud tiles."
+        )
         return
     _run(command, "Building EPT point cloud tiles", say)
 

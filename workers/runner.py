@@ -21,8 +21,13 @@ FLUSH_SECONDS = 0.2
 class Run:
     """One engine process. kill() may be called from any thread, before or after start."""
 
-    def __init__(self, command: Command, console: Callable[[list[str]], None], log_file: Path,
-                 pgid_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        command: Command,
+        console: Callable[[list[str]], None],
+        log_file: Path,
+        pgid_file: Path | None = None,
+    ) -> None:
         self.command = command
         self.console = console
         self.log_file = log_file
@@ -36,8 +41,14 @@ class Run:
     def start(self) -> None:
         env = {**os.environ, **self.command.env}
         self.proc = subprocess.Popen(
-            self.command.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.command.cwd, env=env, start_new_session=True)
+            self.command.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.command.cwd,
+            env=env,
+            start_new_session=True,
+        )
         if self.pgid_file:
             self.pgid_file.write_text(str(self.proc.pid))
         if self.killed.is_set():

@@ -55,16 +55,25 @@ def make_engine(settings: Settings, gpu: bool) -> Engine:
     if settings.engine_name == "odm":
         from workers.engines.odm import OdmEngine
 
-        return OdmEngine(Path(settings.odm_path or "/code"), python=settings.odm_python or None,
-                         max_concurrency=settings.max_concurrency, gpu=gpu)
+        return OdmEngine(
+            Path(settings.odm_path or "/code"),
+            python=settings.odm_python or None,
+            max_concurrency=settings.max_concurrency,
+            gpu=gpu,
+        )
     from workers.engines.simulate import SimulateEngine
 
     return SimulateEngine(seconds=settings.simulate_seconds, progress_port=settings.progress_port)
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings, celery: Celery, engine: Engine | None = None,
-                 store: ObjectStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        celery: Celery,
+        engine: Engine | None = None,
+        store: ObjectStore | None = None,
+    ) -> None:
         self.settings = settings
         self.celery = celery
         self.tasks = TaskStore.from_url(settings.redis_url)
@@ -90,13 +99,24 @@ class WorkerRuntime:
         self.engine_info = self.engine.describe()
         self.options_digest = self.tasks.publish_engine(self.engine_info.options)
         self.beat()
-        for target in (self._heartbeat_loop, self._watch_loop, self._cancel_listener, self._progress_listener,
-                       self._reaper_loop):
+        for target in (
+            self._heartbeat_loop,
+            self._watch_loop,
+            self._cancel_listener,
+            self._progress_listener,
+            self._reaper_loop,
+        ):
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("worker %s ready: engine %s %s, queues %s, %d slot(s)", self.id, self.engine_info.name,
-                 self.engine_info.version, ",".join(self.queues), self.settings.worker_slots)
+        log.info(
+            "worker %s ready: engine %s %s, queues %s, %d slot(s)",
+            self.id,
+            self.engine_info.name,
+            self.engine_info.version,
+            ",".join(self.queues),
+            self.settings.worker_slots,
+        )
 
     def stop(self) -> None:
         """Leave the farm: running tasks go back to the queue at once instead of waiting for their lease."""
@@ -164,7 +184,7 @@ class WorkerRuntime:
             renew = time.monotonic() - last_renew >= renew_every
             if renew:
                 last_renew = time.monotonic()
-            _guard(lambda r=renew: self._watch_once(r))  # type: ignore[misc]
+            _guard(lambda r=renew: self._watch_once(r))
 
     def _watch_once(self, renew: bool) -> None:
         jobs = self.running()
@@ -188,10 +208,17 @@ class WorkerRuntime:
 
     def _cancel_for_runtime(self, job: Job) -> None:
         limit = self.settings.max_runtime
-        self.tasks.append_output(job.uuid, job.run_id, [
-            f"Task exceeded this node's maximum runtime of {limit:g} seconds and was cancelled."])
-        self.tasks.transition(job.uuid, TaskStatus.CANCELED, run_id=job.run_id,
-                              errorMessage=f"Maximum runtime of {limit:g} seconds exceeded")
+        self.tasks.append_output(
+            job.uuid,
+            job.run_id,
+            [f"Task exceeded this node's maximum runtime of {limit:g} seconds and was cancelled."],
+        )
+        self.tasks.transition(
+            job.uuid,
+            TaskStatus.CANCELED,
+            run_id=job.run_id,
+            errorMessage=f"Maximum runtime of {limit:g} seconds exceeded",
+        )
         job.cancel("max runtime")
 
     def _cancel_listener(self) -> None:
@@ -227,7 +254,7 @@ class WorkerRuntime:
                 continue
             parsed = parse_progress(data)
             if parsed:
-                _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))  # type: ignore[misc]
+                _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))
 
     # --- reaper and janitor -----------------------------------------------------------------
     def _reaper_loop(self) -> None:
@@ -263,13 +290,24 @@ class WorkerRuntime:
         line = f"{why} during attempt {attempts}."
         if attempts >= self.settings.max_attempts:
             self.tasks.append_output(uuid, run_id, [line + " Giving up."])
-            self.tasks.transition(uuid, TaskStatus.FAILED, run_id=run_id,
-                                  errorMessage=f"Processing was interrupted {attempts} times (worker lost)")
+            self.tasks.transition(
+                uuid,
+                TaskStatus.FAILED,
+                run_id=run_id,
+                errorMessage=f"Processing was interrupted {attempts} times (worker lost)",
+            )
             return False
         new_run = new_run_id()
         self.tasks.append_output(uuid, run_id, [line + " Re-queued."])
-        moved = self.tasks.transition(uuid, TaskStatus.RUNNING, run_id=run_id, allowed=(TaskStatus.RUNNING,),
-                                      runId=new_run, attempt=attempts + 1, worker=None)
+        moved = self.tasks.transition(
+            uuid,
+            TaskStatus.RUNNING,
+            run_id=run_id,
+            allowed=(TaskStatus.RUNNING,),
+            runId=new_run,
+            attempt=attempts + 1,
+            worker=None,
+        )
         if moved.ok:
             self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)
         return moved.ok

@@ -61,8 +61,9 @@ def render_options(options: list[dict[str, Any]]) -> list[str]:
     return args
 
 
-def odm_arguments(options: list[dict[str, Any]], project_root: Path, project_name: str,
-                  input_flags: dict[str, Path]) -> list[str]:
+def odm_arguments(
+    options: list[dict[str, Any]], project_root: Path, project_name: str, input_flags: dict[str, Path]
+) -> list[str]:
     """Everything after run.sh: options, --project-path, the input-file flags, then the project name."""
     args = render_options(options)
     args += ["--project-path", str(project_root)]
@@ -81,6 +82,11 @@ class Engine(abc.ABC):
         """Engine name, version and option list; may be slow (reads the install), called once at start-up."""
 
     @abc.abstractmethod
-    def command(self, options: list[dict[str, Any]], project_root: Path, project_name: str,
-                input_flags: dict[str, Path]) -> Command:
+    def command(
+        self,
+        options: list[dict[str, Any]],
+        project_root: Path,
+        project_name: str,
+        input_flags: dict[str, Path],
+    ) -> Command:
         """The command that processes <project_root>/<project_name>/ (images in its images/ folder)."""
