@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from shared.storage.base import (
 )
 
 PART_SIZE = 8 * 1024 * 1024
+SPOOL_MEMORY = 256 * 1024  # per upload in flight; the rest of a part waits in a temp file
 MAX_PARTS = 10_000
 _DELETE_BATCH = 1000
 _Listing = list[
@@ -86,13 +88,15 @@ def content_disposition(filename: str) -> str:
 
 
 class _S3Writer(ObjectWriter):
-    """Buffers one part; a small object is one PUT, a bigger one a multipart upload fed as data arrives."""
+    """Spools one part (in memory up to SPOOL_MEMORY, then on disk): a small object is one PUT, a bigger one
+    a multipart upload fed part by part as data arrives. Memory stays flat whatever the object's size."""
 
     def __init__(self, store: S3Store, key: str) -> None:
         self._store = store
         self._key = key
         self._full = store._full(key)
-        self._buffer = bytearray()
+        self._spool: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - closed in commit/abort
+        self._spooled = 0  # bytes of the current part in the spool
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._size = 0
@@ -105,17 +109,23 @@ class _S3Writer(ObjectWriter):
     def write(self, data: bytes) -> int:
         if self._closed:
             raise ValueError("write to a finished object writer")
-        self._buffer += data
+        view = memoryview(data)
+        while view:
+            room = self._part_size() - self._spooled
+            self._spool.write(view[:room])
+            taken = min(room, len(view))
+            self._spooled += taken
+            view = view[taken:]
+            if self._spooled >= self._part_size():
+                self._send_part()
         self._size += len(data)
-        while len(self._buffer) >= self._part_size():
-            size = self._part_size()
-            with memoryview(self._buffer) as view:
-                part = bytes(view[:size])
-            del self._buffer[:size]
-            self._send_part(part)
         return len(data)
 
-    def _send_part(self, part: bytes) -> None:
+    def _rewind(self) -> None:
+        self._spool.flush()
+        self._spool.seek(0)
+
+    def _send_part(self) -> None:
         store = self._store
         try:
             with store._errors(f"upload of {self._key!r}"):
@@ -127,14 +137,19 @@ class _S3Writer(ObjectWriter):
                 number = len(self._parts) + 1
                 if number > MAX_PARTS:
                     raise StorageError(f"object {self._key!r} is too large for one S3 upload")
+                self._rewind()
                 sent = store._client.upload_part(
                     Bucket=store.bucket,
                     Key=self._full,
                     UploadId=self._upload_id,
                     PartNumber=number,
-                    Body=part,
+                    Body=self._spool,
+                    ContentLength=self._spooled,
                 )
                 self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            self._spool.seek(0)
+            self._spool.truncate()
+            self._spooled = 0
         except BaseException:
             self.abort()
             raise
@@ -145,13 +160,18 @@ class _S3Writer(ObjectWriter):
         store = self._store
         try:
             if self._upload_id is None:
+                self._rewind()
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.put_object(
-                        Bucket=store.bucket, Key=self._full, Body=bytes(self._buffer), **store._put_args()
+                        Bucket=store.bucket,
+                        Key=self._full,
+                        Body=self._spool,
+                        ContentLength=self._spooled,
+                        **store._put_args(),
                     )
             else:
-                if self._buffer or not self._parts:
-                    self._send_part(bytes(self._buffer))
+                if self._spooled or not self._parts:
+                    self._send_part()
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.complete_multipart_upload(
                         Bucket=store.bucket,
@@ -163,12 +183,12 @@ class _S3Writer(ObjectWriter):
             self.abort()
             raise
         self._closed = True
-        self._buffer = bytearray()
+        self._spool.close()
         return self._size
 
     def abort(self) -> None:
         self._closed = True
-        self._buffer = bytearray()
+        self._spool.close()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             # best effort: a failed abort leaves an invisible upload that a bucket lifecycle rule reaps
