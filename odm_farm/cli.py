@@ -69,10 +69,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         "20",
         "--keep-alive",
         "30",
-        "--access-logfile",
-        "-" if args.access_log else "/dev/null",
         "api.app:create_app()",
     ]
+    if args.access_log:  # off by default: formatting a line per request costs ~8% of a fast request
+        argv[-1:-1] = ["--access-logfile", "-"]
     os.execve(sys.executable, argv, env)
     return 0
 

@@ -73,12 +73,12 @@ class Node:
         return catalogs[0] if len(catalogs) == 1 else optionlib.merge_catalogs(catalogs)
 
     def info(self) -> dict[str, Any]:
-        workers = self.live_workers()
+        workers, active = self.tasks.live_workers_and_active(self.settings.worker_ttl)
         engines = sorted({(w.get("engine", ""), w.get("engineVersion", "")) for w in workers})
         engine, version = engines[0] if engines else (self.settings.engine_name, "")
         return {
             "version": API_VERSION,
-            "taskQueueCount": self.tasks.active_count(),
+            "taskQueueCount": active,
             "totalMemory": sum(int(w.get("totalMemory", 0)) for w in workers),
             "availableMemory": sum(int(w.get("availableMemory", 0)) for w in workers),
             "cpuCores": sum(int(w.get("cpuCores", 0)) for w in workers),

@@ -103,6 +103,14 @@ for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 return redis.call('LLEN', KEYS[2])
 """
 
+# KEYS: beats, workers, active ; ARGV: oldest live heartbeat. Returns {active count, {worker json...}}.
+_LIVE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local infos = {}
+if #ids > 0 then infos = redis.call('HMGET', KEYS[2], unpack(ids)) end
+return {redis.call('SCARD', KEYS[3]), infos}
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -127,6 +135,7 @@ class TaskStore:
         self._transition = client.register_script(_TRANSITION)
         self._progress = client.register_script(_PROGRESS)
         self._append = client.register_script(_APPEND)
+        self._live = client.register_script(_LIVE)
 
     @classmethod
     def from_url(cls, url: str) -> TaskStore:
@@ -379,10 +388,12 @@ class TaskStore:
         pipe.execute()
 
     def live_workers(self, ttl_s: float) -> list[dict[str, Any]]:
-        ids = self.r.zrangebyscore(Keys.beats, time.time() - ttl_s, "+inf")
-        if not ids:
-            return []
-        return [json.loads(v) for v in self.r.hmget(Keys.workers, ids) if v]
+        return self.live_workers_and_active(ttl_s)[0]
+
+    def live_workers_and_active(self, ttl_s: float) -> tuple[list[dict[str, Any]], int]:
+        """Live workers and the QUEUED/RUNNING count in one round trip: /info is polled constantly."""
+        count, infos = self._live(keys=[Keys.beats, Keys.workers, Keys.active], args=[time.time() - ttl_s])
+        return [json.loads(v) for v in infos if v], int(count)
 
     def prune_workers(self, ttl_s: float) -> None:
         gone = self.r.zrangebyscore(Keys.beats, "-inf", time.time() - max(ttl_s * 10, 600))
