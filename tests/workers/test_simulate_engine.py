@@ -236,7 +236,8 @@ def test_hand_written_las_when_laspy_is_missing(tmp_path: Path, udp: socket.sock
     result = run(
         SimulateEngine(seconds=0, progress_port=udp.getsockname()[1]),
         tmp_path,
-        extra_env={"PYTHONPATH": str(hide)},
+        # an empty cache: a LAZ built by an earlier run must not hide the fallback
+        extra_env={"PYTHONPATH": str(hide), "ODM_FARM_SIMULATE_CACHE": str(hide)},
     )
     assert result.returncode == 0, result.stderr
     assert "[WARNING] laspy/lazrs are not installed" in result.stdout

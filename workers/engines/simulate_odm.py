@@ -265,9 +265,8 @@ def write_laz(path: Path, points: list[Point]) -> bool:
     The cloud is the same every run, so the file is built once a day and copied afterwards: importing laspy
     (numpy) takes longer than a zero-second simulated run should.
     """
-    cache = (
-        Path(tempfile.gettempdir()) / f"odm-farm-simulate-{VERSION}-{datetime.date.today()}-{len(points)}.laz"
-    )
+    folder = Path(os.environ.get("ODM_FARM_SIMULATE_CACHE") or tempfile.gettempdir())
+    cache = folder / f"odm-farm-simulate-{VERSION}-{datetime.date.today()}-{len(points)}.laz"
     if cache.is_file():
         shutil.copyfile(cache, path)
         return True
