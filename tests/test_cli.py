@@ -80,3 +80,11 @@ def test_settings_lists_every_variable() -> None:
     assert result.returncode == 0
     for name in ("ODM_FARM_HOST", "ODM_FARM_REDIS_URL", "ODM_FARM_S3_BUCKET", "ODM_FARM_PUBLIC_URL"):
         assert name in result.stdout
+
+
+def test_worker_with_a_broken_odm_install_says_so(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("worker", env={"ODM_FARM_REDIS_URL": redis_server.url(), "ODM_FARM_ODM_PATH": str(tmp_path),
+                                    "ODM_FARM_DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 1
+    assert "odm-farm worker: cannot start:" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

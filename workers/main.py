@@ -8,6 +8,8 @@ from celery import Celery, signals
 
 from shared.queue import PROCESS_TASK, make_celery
 from shared.settings import Settings
+from shared.storage import StorageError
+from workers.engines.base import EngineError
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,10 @@ def build(settings: Settings) -> tuple[Celery, WorkerRuntime]:
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, runtime = build(settings)
-    runtime.start()
+    try:
+        runtime.start()
+    except (EngineError, StorageError) as exc:
+        raise SystemExit(f"odm-farm worker: cannot start: {exc}") from None
     signals.worker_shutting_down.connect(lambda **_: runtime.stop(), weak=False)
     try:
         app.worker_main(
