@@ -21,7 +21,7 @@ from shared.node import task_prefix
 from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU
 from shared.settings import Settings
 from shared.storage import ObjectStore, make_store
-from shared.taskstore import Keys, TaskStore, new_run_id
+from shared.taskstore import Keys, TaskStore, new_run_id, now_ms
 from workers.engines.base import Engine, EngineInfo
 from workers.hostinfo import detect_gpu, host_facts
 from workers.runner import Run, kill_tree
@@ -269,11 +269,33 @@ class WorkerRuntime:
                 _guard(self.janitor)
 
     def reap(self) -> list[str]:
-        """Re-queue running tasks whose worker stopped renewing the lease; fail them after max attempts."""
+        """Re-queue running tasks whose worker stopped renewing the lease; fail them after max attempts.
+
+        Also re-sends the message of a task nobody has claimed although a worker serving its queue has had a
+        free slot for a while: its message was lost (taken by a worker that died before claiming it). A
+        second message for the same run is harmless: the first claim takes the lease, later ones are dropped.
+        """
         requeued = []
+        free_queues = {
+            q
+            for w in self.tasks.live_workers(self.settings.worker_ttl)
+            if len(w.get("running", ())) < int(w.get("slots", 0))
+            for q in w.get("queues", ())
+        }
+        grace_ms = 1000 * max(2 * self.settings.heartbeat_seconds, self.settings.lease_seconds) * 2
         for uuid in self.tasks.active_uuids():
-            status, run_id, worker = self.tasks.r.hmget(Keys.task(uuid), "status", "runId", "worker")
-            if status != str(int(TaskStatus.RUNNING)) or not worker or self.tasks.has_lease(uuid):
+            status, run_id, worker, queue, enqueued = self.tasks.r.hmget(
+                Keys.task(uuid), "status", "runId", "worker", "queue", "enqueuedAt"
+            )
+            if not worker:
+                queue = queue or QUEUE_CPU
+                if queue in free_queues and now_ms() - int(enqueued or 0) > grace_ms:
+                    self.tasks.update(uuid, run_id=run_id, enqueuedAt=now_ms())
+                    self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
+                    requeued.append(uuid)
+                    log.warning("task %s was never claimed; its message was sent again", uuid)
+                continue
+            if status != str(int(TaskStatus.RUNNING)) or self.tasks.has_lease(uuid):
                 continue
             if self.requeue(uuid, run_id, f"Worker {worker} stopped responding"):
                 requeued.append(uuid)
@@ -307,6 +329,7 @@ class WorkerRuntime:
             runId=new_run,
             attempt=attempts + 1,
             worker=None,
+            enqueuedAt=now_ms(),
         )
         if moved.ok:
             self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)

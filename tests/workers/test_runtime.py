@@ -402,3 +402,28 @@ def test_watch_max_runtime_never_overwrites_a_finished_task(make_runtime: MakeRu
 def test_watch_with_no_jobs_does_nothing(rt: WorkerRuntime) -> None:
     rt._watch_once(renew=True)
     assert list(rt.tasks.r.scan_iter()) == []
+
+
+# --- lost messages ------------------------------------------------------------------------------------
+def _age(rt: WorkerRuntime, uuid: str, ms: int) -> None:
+    rt.tasks.r.hset(f"odmfarm:task:{uuid}", "enqueuedAt", int(time.time() * 1000) - ms)
+
+
+def test_an_unclaimed_task_is_sent_again_when_a_worker_has_been_free(rt: WorkerRuntime) -> None:
+    uuid, run_id = new_task(rt.tasks, worker=None)
+    rt.tasks.heartbeat("idle", {"name": "idle", "queues": ["cpu"], "slots": 2, "running": []})
+    _age(rt, uuid, 0)
+    assert rt.reap() == [], "a message sent a moment ago may still be on its way"
+    _age(rt, uuid, 3_600_000)
+    assert rt.reap() == [uuid]
+    assert broker_messages(rt.tasks, "cpu")[-1]["args"] == [uuid, run_id], "same run: a duplicate is dropped"
+    assert rt.reap() == [], "sent again at most once per grace period"
+
+
+def test_an_unclaimed_task_waits_while_the_farm_is_full(rt: WorkerRuntime) -> None:
+    uuid, _ = new_task(rt.tasks, status=S.QUEUED, worker=None)
+    _age(rt, uuid, 3_600_000)
+    rt.tasks.heartbeat("busy", {"name": "busy", "queues": ["cpu"], "slots": 1, "running": ["other"]})
+    rt.tasks.heartbeat("gpu-only", {"name": "gpu-only", "queues": ["gpu"], "slots": 1, "running": []})
+    assert rt.reap() == []
+    assert broker_messages(rt.tasks, "cpu") == []
