@@ -19,7 +19,7 @@ from shared.taskstore import now_ms
 from workers import files, webhooks
 from workers.postprocess import postprocess
 from workers.runner import Run
-from workers.runtime import SHUTDOWN, Job, WorkerRuntime
+from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         rt.tasks.release_lease(uuid, run_id)
         if outcome != "failed" or not rt.settings.keep_failed_scratch:
             shutil.rmtree(workdir, ignore_errors=True)
+        elif workdir.exists():
+            (workdir / KEPT_MARKER).write_text("kept for inspection: ODM_FARM_KEEP_FAILED_SCRATCH\n")
         if outcome == "stopped" and not rt.tasks.exists(uuid):
             rt.store.delete_prefix(task_prefix(uuid))  # removed while we were uploading: leave no trace
     if outcome in ("completed", "failed", "stopped"):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
 SHUTDOWN = "worker shutting down"
+KEPT_MARKER = "KEPT-FAILED"
 
 
 @dataclass
@@ -134,6 +135,8 @@ class WorkerRuntime:
             owner = folder / "worker.pid"
             if owner.exists() and _pid_alive(owner.read_text().strip()):
                 continue  # another worker on this host is using it
+            if (folder / KEPT_MARKER).exists():
+                continue  # a failed run kept on purpose; the operator removes it
             pgid_file = folder / "engine.pgid"
             if pgid_file.exists():
                 with contextlib.suppress(ValueError, OSError):

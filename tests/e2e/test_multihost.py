@@ -175,3 +175,21 @@ def test_a_stopping_worker_hands_its_task_over_at_once(farm_factory, tmp_path: P
     assert worker_of(farm, task.uuid) != owner
     console = farm.get(f"/task/{task.uuid}/output").json()
     assert any(f"Worker {owner} is shutting down" in line and "Re-queued" in line for line in console)
+
+
+def test_failed_scratch_is_kept_only_when_asked(farm_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.e2e.helpers import failing_image
+
+    farm: Farm = farm_factory(workers=0, simulate_seconds=0.2)
+    farm.start_worker("keeper", ODM_FARM_KEEP_FAILED_SCRATCH="true")
+    task = farm.node().create_task(make_images(tmp_path, 1) + [failing_image(tmp_path, 1)])
+    assert wait_status(farm, task.uuid, (30, 40))["status"]["code"] == 30
+    kept = list((farm.root / "keeper" / "scratch").glob(f"{task.uuid}-*"))
+    assert len(kept) == 1 and (kept[0] / "project" / task.uuid / "task_output.txt").exists()
+    ok = farm.node().create_task(make_images(tmp_path / "ok", 1))
+    assert wait_status(farm, ok.uuid, (30, 40))["status"]["code"] == 40
+    assert not list((farm.root / "keeper" / "scratch").glob(f"{ok.uuid}-*")), "successful runs leave nothing"
+    # a restarted worker cleans stale scratch but keeps what was kept on purpose
+    farm.workers[0].stop()
+    farm.start_worker("keeper")
+    assert kept[0].exists()
