@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from shared import options as optionlib
+from shared import outbox
 from shared.errors import InvalidRequest, TaskNotFound
 from shared.models import TaskStatus
 from shared.queue import PROCESS_TASK, choose_queue
@@ -195,16 +196,25 @@ class Node:
             raise TaskNotFound(uuid)
         return self.tasks.get(uuid)
 
-    def cancel(self, uuid: str) -> None:
-        self.get(uuid)
+    def cancel(self, uuid: str, notify: bool = True) -> None:
+        record = self.get(uuid)
         result = self.tasks.transition(uuid, TaskStatus.CANCELED, errorMessage=None)
         if result.previous is None:
             raise TaskNotFound(uuid)
         if result.ok:
             self.tasks.publish_cancel(uuid)
+            if notify and not record.get("worker"):
+                # no worker holds it, so none will announce its end: the webhook goes out from here
+                outbox.notify_task_end(
+                    self.tasks.r,
+                    self.tasks.get(uuid),
+                    self.settings.webhook,
+                    self.settings.webhook_retries,
+                    [],
+                )
 
     def remove(self, uuid: str) -> None:
-        self.cancel(uuid)
+        self.cancel(uuid, notify=False)
         self.tasks.delete(uuid)
         self.store.delete_prefix(task_prefix(uuid))
 

@@ -11,12 +11,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from shared import options as optionlib
+from shared import outbox
 from shared.errors import TaskNotFound
 from shared.models import TaskStatus, exit_code_message
 from shared.node import inputs_prefix, results_prefix, task_prefix
-from shared.tasks import task_info
 from shared.taskstore import now_ms
-from workers import files, webhooks
+from workers import files
 from workers.postprocess import postprocess
 from workers.runner import Run
 from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
@@ -242,12 +242,9 @@ def _notify(rt: WorkerRuntime, uuid: str) -> None:
         return
     if TaskStatus(int(record["status"])).active:
         return
-    payload = task_info(record)
-    payload["images"] = _images_json(rt, uuid)
-    for url in filter(None, {record.get("webhook", ""), rt.settings.webhook}):
-        webhooks.send_webhook_async(
-            url, payload, rt.settings.blocked_networks, retries=rt.settings.webhook_retries
-        )
+    outbox.notify_task_end(
+        rt.tasks.r, record, rt.settings.webhook, rt.settings.webhook_retries, _images_json(rt, uuid)
+    )
 
 
 def _images_json(rt: WorkerRuntime, uuid: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -10,15 +11,18 @@ import socket
 import threading
 import time
 import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from shared import outbox
 from shared.models import TaskStatus
 from shared.node import task_prefix
 from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU
+from shared.safety import UnsafeInput, check_url, redact_url
 from shared.settings import Settings
 from shared.storage import ObjectStore, make_store
 from shared.taskstore import Keys, TaskStore, new_run_id, now_ms
@@ -29,6 +33,7 @@ from workers.runner import Run, kill_tree
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
+WEBHOOK_POLL_SECONDS = 0.5
 SHUTDOWN = "worker shutting down"
 KEPT_MARKER = "KEPT-FAILED"
 
@@ -101,6 +106,7 @@ class WorkerRuntime:
         self.options_digest = self.tasks.publish_engine(self.engine_info.options)
         self.beat()
         for target in (
+            self._webhook_loop,
             self._heartbeat_loop,
             self._watch_loop,
             self._cancel_listener,
@@ -258,6 +264,30 @@ class WorkerRuntime:
             parsed = parse_progress(data)
             if parsed:
                 _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))
+
+    # --- webhooks -------------------------------------------------------------------------
+    def _webhook_loop(self) -> None:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook") as pool:
+            while not self.stopping.wait(WEBHOOK_POLL_SECONDS):
+                for member in _guard(lambda: outbox.claim(self.tasks.r)) or []:
+                    pool.submit(_guard, lambda m=member: self.deliver(m))
+
+    def deliver(self, member: str) -> bool:
+        """One attempt at one queued webhook; re-scheduled with backoff on failure."""
+        from workers.webhooks import send_webhook
+
+        entry = json.loads(member)
+        try:
+            check_url(entry["url"], self.settings.blocked_networks)
+        except UnsafeInput as exc:
+            log.warning("webhook %s dropped: %s", redact_url(entry["url"]), exc)
+            outbox.delivered(self.tasks.r, member)
+            return False
+        if send_webhook(entry["url"], entry["payload"], self.settings.blocked_networks, retries=1):
+            outbox.delivered(self.tasks.r, member)
+            return True
+        outbox.failed(self.tasks.r, member)
+        return False
 
     # --- reaper and janitor -----------------------------------------------------------------
     def _reaper_loop(self) -> None:

@@ -1,10 +1,9 @@
-"""Webhook delivery: POST a finished task's info as JSON, retried with exponential backoff."""
+"""Webhook delivery: one POST of a finished task's info as JSON (the outbox in shared/outbox.py schedules retries)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -78,21 +77,3 @@ def send_webhook(
             else:
                 log.error("webhook %s failed after %d attempts (%s)", shown, attempts, problem)
     return False
-
-
-def send_webhook_async(
-    url: str,
-    payload: dict[str, Any],
-    blocked_networks: Iterable[str | IPNetwork],
-    **kwargs: Any,
-) -> threading.Thread:
-    """Deliver in a daemon thread (retries can take a minute); returns the started thread."""
-    thread = threading.Thread(
-        target=send_webhook,
-        args=(url, payload, list(blocked_networks)),
-        kwargs=kwargs,
-        name="webhook",
-        daemon=True,
-    )
-    thread.start()
-    return thread

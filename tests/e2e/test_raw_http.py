@@ -598,3 +598,28 @@ def test_wrong_token_is_refused_on_every_route(farm: Farm) -> None:
     assert farm.post(f"/task/new/commit/{session}").json() == {"error": "Need at least 1 file."}
     assert wait_status(farm, uuid, (40,), timeout=90)["status"]["code"] == 40
     remove(farm, uuid)
+
+
+def test_webhook_of_a_task_cancelled_before_any_worker_took_it(farm_factory) -> None:  # type: ignore[no-untyped-def]
+    # no worker at all: the task waits, is cancelled, and its webhook waits in the outbox until a worker
+    # exists to send it (deliveries live in Redis, not in the process that queued them)
+    idle: Farm = farm_factory(workers=0)
+    with local_server() as server:
+        server.routes["/cancelled"] = lambda h: reply(h, 204, b"")
+        uuid = new_task(idle, images(2), webhook=server.url("/cancelled"))
+        assert idle.post("/task/cancel", data={"uuid": uuid}).json() == {"success": True}
+        time.sleep(1.0)
+        assert server.received == []
+        idle.start_worker()
+        [payload] = wait_webhooks(server, "/cancelled", 1)
+        assert payload["uuid"] == uuid and payload["status"]["code"] == 50 and payload["images"] == []
+        assert idle.redis.zcard("odmfarm:webhooks") == 0, "a 204 is a delivery"
+        # removing a task does not announce it
+        other = new_task(idle, images(1), webhook=server.url("/cancelled"))
+        wait_status(idle, other, (40,))
+        wait_webhooks(server, "/cancelled", 2)
+        removed = new_task(idle, [("simulate-seconds-30.jpg", b"\xff\xd8" + b"0" * 100)],
+                           webhook=server.url("/cancelled"))
+        idle.post("/task/remove", data={"uuid": removed})
+        time.sleep(1.5)
+        assert sum(1 for r in server.received if r.path == "/cancelled") == 2

@@ -9,7 +9,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.support.local_http import local_server, reply
-from workers.webhooks import send_webhook, send_webhook_async
+from workers.webhooks import send_webhook
 
 DEFAULT_BLOCKED = Settings().blocked_networks
 PAYLOAD = {"uuid": "b754", "status": {"code": 40}, "images": ["a.jpg"]}
@@ -99,13 +99,3 @@ def test_a_payload_that_is_not_json_is_not_sent() -> None:
             is False
         )
     assert server.received == []
-
-
-def test_async_delivery_runs_in_a_daemon_thread() -> None:
-    with local_server() as server:
-        server.routes["/hook"] = scripted([200])
-        thread = send_webhook_async(server.url("/hook"), PAYLOAD, DEFAULT_BLOCKED, sleep=lambda s: None)
-        assert thread.daemon
-        thread.join(timeout=10)
-        assert not thread.is_alive()
-    assert len(server.received) == 1
