@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from api.app import node
+from shared import outbox
+from shared.taskstore import Keys
 
 bp = Blueprint("info", __name__)
 
@@ -58,3 +60,31 @@ def health():
 def workers():
     """The live worker hosts (an extension: NodeODM clients ignore it)."""
     return jsonify(node().live_workers())
+
+
+@bp.get("/metrics")
+def metrics():  # type: ignore[no-untyped-def]
+    """Prometheus text format: the farm's queue, slots and workers (an extension, outside the NodeODM API)."""
+    n = node()
+    workers, active = n.tasks.live_workers_and_active(n.settings.worker_ttl)
+    running = sum(len(w.get("running", ())) for w in workers)
+    values = {
+        "odm_farm_tasks_active": (active, "tasks queued or running"),
+        "odm_farm_tasks_running_on_workers": (running, "tasks a worker is processing now"),
+        "odm_farm_tasks_total": (n.tasks.r.zcard(Keys.tasks), "tasks known to the farm"),
+        "odm_farm_upload_sessions": (n.tasks.r.zcard(Keys.uploads), "uploads not committed yet"),
+        "odm_farm_webhooks_pending": (outbox.pending(n.tasks.r), "webhook deliveries waiting or retrying"),
+        "odm_farm_workers": (len(workers), "live workers"),
+        "odm_farm_slots": (
+            sum(int(w.get("slots", 0)) for w in workers),
+            "tasks the live workers can run at once",
+        ),
+        "odm_farm_worker_free_disk_bytes": (
+            min((int(w.get("freeDisk", 0)) for w in workers), default=0),
+            "free scratch disk on the fullest worker",
+        ),
+    }
+    lines = []
+    for name, (value, help_text) in values.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
