@@ -63,7 +63,7 @@ def workers():
 
 
 @bp.get("/metrics")
-def metrics():  # type: ignore[no-untyped-def]
+def metrics():
     """Prometheus text format: the farm's queue, slots and workers (an extension, outside the NodeODM API)."""
     n = node()
     workers, active = n.tasks.live_workers_and_active(n.settings.worker_ttl)

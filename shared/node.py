@@ -18,7 +18,7 @@ from shared.queue import PROCESS_TASK, choose_queue
 from shared.safety import UnsafeInput, normalize_outputs, safe_filename
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.taskstore import TaskStore, count_images, is_image_name, new_run_id, now_ms
+from shared.taskstore import Keys, TaskStore, count_images, is_image_name, new_run_id, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Node:
     def _load_catalog(self, digests: tuple[str, ...]) -> list[dict[str, Any]]:
         catalogs = [c for c in (self.tasks.engine_options(d) for d in digests) if c is not None]
         if not catalogs:
-            last = self.tasks.r.get("odmfarm:engine:last")
+            last = self.tasks.r.get(Keys.engine_last)
             published = self.tasks.engine_options(last) if last else None
             catalogs = [published] if published else [optionlib.load_bundled_catalog()]
         return catalogs[0] if len(catalogs) == 1 else optionlib.merge_catalogs(catalogs)

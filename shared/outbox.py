@@ -13,8 +13,9 @@ import uuid as uuidlib
 from typing import Any
 
 from shared.tasks import task_info
+from shared.taskstore import Keys
 
-KEY = "odmfarm:webhooks"
+KEY = Keys.webhooks
 VISIBILITY_SECONDS = 120.0
 MAX_BACKOFF = 300.0
 

@@ -37,6 +37,7 @@ class Keys:
     engine_last = f"{NS}:engine:last"
     cancel_channel = f"{NS}:cancel"
     reaper_lock = f"{NS}:reaper"
+    webhooks = f"{NS}:webhooks"  # zset delivery json -> when due (shared/outbox.py)
 
     @staticmethod
     def task(uuid: str) -> str:
@@ -337,8 +338,13 @@ class TaskStore:
         return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2)]))
 
     # --- leases ---------------------------------------------------------------------------
-    def take_lease(self, uuid: str, run_id: str, seconds: float) -> None:
-        self.r.set(Keys.lease(uuid), run_id, px=max(1, int(seconds * 1000)))
+    def take_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
+        """Claim a run: only the first taker of a free lease gets it (a duplicate message gets False)."""
+        return bool(self.r.set(Keys.lease(uuid), run_id, nx=True, px=max(1, int(seconds * 1000))))
+
+    def field(self, uuid: str, name: str) -> str | None:
+        value = self.r.hget(Keys.task(uuid), name)
+        return None if value is None else str(value)
 
     def renew_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
         # only the run that holds it renews it; a superseded run learns it has been replaced

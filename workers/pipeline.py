@@ -41,7 +41,7 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
     status = TaskStatus(int(record["status"]))
     if record.get("runId") != run_id or not status.active:
         return "stale"
-    if not rt.tasks.r.set(f"odmfarm:lease:{uuid}", run_id, nx=True, px=int(rt.settings.lease_seconds * 1000)):
+    if not rt.tasks.take_lease(uuid, run_id, rt.settings.lease_seconds):
         return "duplicate"
     claimed = rt.tasks.transition(
         uuid,
@@ -139,7 +139,7 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
 
-    started = int(rt.tasks.r.hget(f"odmfarm:task:{uuid}", "startedAt") or now_ms())
+    started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
     done = rt.tasks.transition(
         uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100, processingTime=now_ms() - started
     )
@@ -228,7 +228,7 @@ def _write_console(rt: WorkerRuntime, job: Job, console_file: Path) -> None:
 
 def _fail(rt: WorkerRuntime, job: Job, message: str) -> None:
     _push(rt, job, [message])
-    started = rt.tasks.r.hget(f"odmfarm:task:{job.uuid}", "startedAt")
+    started = rt.tasks.field(job.uuid, "startedAt")
     elapsed = now_ms() - int(started) if started else -1
     rt.tasks.transition(
         job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message, processingTime=elapsed

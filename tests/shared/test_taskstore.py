@@ -513,7 +513,8 @@ def test_output_of_an_unknown_task_is_empty(store: TaskStore) -> None:
 def test_lease_take_renew_release_by_owner_only(store: TaskStore) -> None:
     uuid = new_uuid()
     assert not store.has_lease(uuid)
-    store.take_lease(uuid, "run-a", 5)
+    assert store.take_lease(uuid, "run-a", 5) is True
+    assert store.take_lease(uuid, "run-dup", 5) is False, "a second taker (a duplicate message) is refused"
     assert store.has_lease(uuid)
     assert 4000 < store.r.pttl(Keys.lease(uuid)) <= 5000
     assert not store.renew_lease(uuid, "run-b", 60)
