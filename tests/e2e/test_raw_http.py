@@ -623,3 +623,20 @@ def test_webhook_of_a_task_cancelled_before_any_worker_took_it(farm_factory) -> 
         idle.post("/task/remove", data={"uuid": removed})
         time.sleep(1.5)
         assert sum(1 for r in server.received if r.path == "/cancelled") == 2
+
+
+def test_random_option_payloads_never_break_the_api(farm: Farm) -> None:
+    import random
+
+    from tests.shared.test_options import _random_value
+
+    rng = random.Random(7)
+    names = [o["name"] for o in farm.get("/options").json()]
+    for _ in range(150):
+        items = [{"name": rng.choice(names), "value": _random_value(rng)} for _ in range(rng.randint(1, 4))]
+        body = json.dumps(items, allow_nan=True) if rng.random() < 0.8 else json.dumps(_random_value(rng))
+        answer = farm.post("/task/new/init", data={"options": body})
+        assert answer.status_code == 200, body
+        result = answer.json()
+        assert set(result) in ({"uuid"}, {"error"}), result
+    assert farm.get("/info").status_code == 200

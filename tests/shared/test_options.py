@@ -664,3 +664,54 @@ def test_cap_max_concurrency() -> None:
     assert cap_max_concurrency([], 4, known={"dsm"}) == []
     assert cap_max_concurrency([], 4, known={"max-concurrency"}) == [{"name": "max-concurrency", "value": 4}]
     assert options == before
+
+
+def _random_value(rng: Any, depth: int = 0) -> Any:
+    kinds = ["int", "float", "bool", "none", "str", "numstr", "huge", "nan"] + (["list", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.randint(-(10**6), 10**6)
+    if kind == "float":
+        return rng.uniform(-1e6, 1e6)
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "str":
+        return "".join(rng.choice("ab -$();'\"\\\x00é{}[]") for _ in range(rng.randint(0, 12)))
+    if kind == "numstr":
+        return rng.choice(["1", "-1", "0.5", "1e400", "  7 ", "0x10", "true", "False", "inf", "NaN"])
+    if kind == "huge":
+        return 10 ** rng.randint(18, 400)
+    if kind == "nan":
+        return rng.choice([float("inf"), float("-inf")])
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {str(i): _random_value(rng, depth + 1) for i in range(rng.randint(0, 3))}
+
+
+def test_any_value_of_any_type_gives_options_or_a_clear_error(catalog: list[dict[str, Any]]) -> None:
+    """The reference node dies on a numeric value; here every input is a task or an InvalidOptions."""
+    import random
+
+    rng = random.Random(20261127)
+    names = [o["name"] for o in catalog] + ["unknown", "", "--dsm"]
+    outcomes = {"valid": 0, "refused": 0}
+    for _ in range(3000):
+        items = [{"name": rng.choice(names), "value": _random_value(rng)} for _ in range(rng.randint(0, 6))]
+        raw: Any = items if rng.random() < 0.3 else json.dumps(items, allow_nan=True)
+        try:
+            result = validate_options(raw, catalog, skip_post_processing=rng.random() < 0.5)
+        except InvalidOptions as exc:
+            outcomes["refused"] += 1
+            assert str(exc)
+            continue
+        outcomes["valid"] += 1
+        json.dumps(result, allow_nan=False)  # what is stored must be plain JSON
+        known = {o["name"]: o for o in catalog}
+        for option in result:
+            kind = known[option["name"]]["type"]
+            value = option["value"]
+            assert {"bool": bool, "int": int, "float": float}.get(kind, str) is type(value) or (
+                kind == "float" and type(value) is int), (option, kind)
+    assert outcomes["valid"] > 100 and outcomes["refused"] > 100, outcomes
