@@ -21,7 +21,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
@@ -335,11 +335,17 @@ def place_inputs(
 # --- all.zip ------------------------------------------------------------------------------------
 
 
-def build_all_zip(project_dir: Path, zip_path: Path, outputs: list[str] | None = None) -> list[str]:
+def build_all_zip(
+    project_dir: Path,
+    zip_path: Path,
+    outputs: list[str] | None = None,
+    check: Callable[[], None] | None = None,
+) -> list[str]:
     """Write all.zip from the existing entries of `outputs` (default: DEFAULT_OUTPUTS); returns arcnames.
 
     Folders are added recursively; arcnames are relative to `project_dir`; nothing outside the project
-    (by '..' or by symlink) is ever added; missing entries are skipped.
+    (by '..' or by symlink) is ever added; missing entries are skipped. `check` runs before each file and
+    may raise to stop (a cancel must not wait for a large project to be zipped).
     """
     entries = DEFAULT_OUTPUTS if outputs is None else outputs
 
@@ -351,6 +357,8 @@ def build_all_zip(project_dir: Path, zip_path: Path, outputs: list[str] | None =
                 continue
             start = project_dir.joinpath(*relative.parts)
             for path in walk_inside(project_dir, start):
+                if check is not None:
+                    check()
                 yield path, path.relative_to(project_dir).as_posix()
 
     return write_zip(zip_path, members())

@@ -133,7 +133,7 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     outputs = json.loads(record["outputs"]) if record.get("outputs") else None
     say(["Compressing all.zip"])
     _write_console(rt, job, console_file)
-    files.build_all_zip(project, zip_path, outputs)
+    files.build_all_zip(project, zip_path, outputs, check=lambda: _check(job))
     rt.tasks.set_progress(uuid, 97)
     _check(job)
     _store_results(rt, job, project, workdir, zip_path)

@@ -511,3 +511,21 @@ def test_fetch_url_reports_a_transfer_that_stalls_midway(tmp_path: Path) -> None
         with pytest.raises(FetchError, match="HTTP 302"):
             fetch_url(server.url("/empty-redirect"), tmp_path / "a.zip", DEFAULT_BLOCKED)
     assert not (tmp_path / "a.zip").exists()
+
+
+def test_build_all_zip_stops_when_asked_and_leaves_no_partial_zip(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "odm_texturing").mkdir(parents=True)
+    for i in range(5):
+        (project / "odm_texturing" / f"t{i}.obj").write_text("v 0 0 0\n")
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("cancelled")
+
+    zip_path = tmp_path / "all.zip"
+    with pytest.raises(KeyboardInterrupt):
+        build_all_zip(project, zip_path, check=check)
+    assert not zip_path.exists() and not list(tmp_path.glob("all.zip*"))
