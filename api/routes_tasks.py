@@ -52,6 +52,9 @@ def download(uuid: str, asset: str):
     n = node()
     record = n.get(uuid)
     key = asset_key(uuid, asset)
+    if record.get("status") != str(int(TaskStatus.COMPLETED)):
+        # results are stored just before the task turns COMPLETED: never serve a run that may still fail
+        raise InvalidRequest("Asset not ready")
     try:
         size = n.store.size(key)
     except ObjectNotFound:

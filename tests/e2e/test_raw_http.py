@@ -400,6 +400,11 @@ def test_running_task_list_output_and_restart_refused(farm: Farm) -> None:
         "error": "Invalid with_output: abc"}
     assert farm.get(f"/task/{slow}/output", params={"line": "x"}).json() == {"error": "Invalid line: x"}
     assert download(farm, slow).json() == {"error": "Asset not ready"}
+    # results that exist before the task is COMPLETED (stored, final status not yet written) are not served
+    early = farm.root / "storage" / slow / "results" / "all.zip"
+    early.parent.mkdir(parents=True, exist_ok=True)
+    early.write_bytes(b"PK\x05\x06" + bytes(18))
+    assert download(farm, slow).json() == {"error": "Asset not ready"}
     assert farm.post("/task/restart", data={"uuid": slow}).json() == {
         "success": False, "error": "Task cannot be restarted"}
     assert task_info(farm, slow)["status"]["code"] == 20
