@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, request
 
 from api import uploads
 from api.app import node
+from api.fields import form_fields
 from shared.errors import InvalidRequest
 
 bp = Blueprint("new", __name__)
@@ -13,7 +14,7 @@ bp = Blueprint("new", __name__)
 
 @bp.post("/task/new/init")
 def init():
-    form = _fields()
+    form = form_fields()
     uuid = node().init_session(form, request.headers.get("set-uuid"))
     return jsonify({"uuid": uuid})
 
@@ -56,14 +57,3 @@ def new():
         n.store.delete_prefix(f"{uuid}/")
         raise
     return jsonify({"uuid": uuid})
-
-
-def _fields() -> dict[str, str]:
-    if request.is_json:
-        body = request.get_json(silent=True)
-        return (
-            {k: v if isinstance(v, str) else __import__("json").dumps(v) for k, v in body.items()}
-            if isinstance(body, dict)
-            else {}
-        )
-    return {k: request.form.get(k, "") for k in request.form}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, g, jsonify, redirect, request
 
 from api.app import node
+from api.fields import form_fields
 from shared.assets import ASSETS
 from shared.errors import InvalidRequest
 from shared.models import TaskStatus
@@ -117,13 +116,7 @@ def restart():
 
 def _body() -> dict[str, str]:
     """cancel/remove/restart bodies arrive as urlencoded, multipart or JSON; also accept the query string."""
-    fields: dict[str, str] = {}
-    if request.is_json:
-        data = request.get_json(silent=True)
-        if isinstance(data, dict):
-            fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
-    else:
-        fields = {k: request.form.get(k, "") for k in request.form}
+    fields = form_fields()
     for key in ("uuid", "options"):
         if key not in fields and key in request.args:
             fields[key] = request.args[key]

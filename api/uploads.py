@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from flask import request
 from werkzeug.formparser import parse_form_data
 
+from api.fields import json_fields
 from shared.errors import InvalidRequest
 from shared.node import Node
 from shared.storage import ObjectWriter
@@ -75,8 +76,7 @@ def receive(node: Node, uuid: str) -> Upload:
             )
             fields = {k: form.get(k, "") for k in form}
         elif content_type == "application/json":
-            body = request.get_json(silent=True)
-            fields = {k: _as_text(v) for k, v in body.items()} if isinstance(body, dict) else {}
+            fields = json_fields()
         else:
             fields = {}
         # the last copy of a name wins, as when a client retries a file
@@ -99,11 +99,3 @@ def receive(node: Node, uuid: str) -> Upload:
         else:
             w.writer.abort()
     return upload
-
-
-def _as_text(value: object) -> str:
-    import json
-
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)

@@ -259,4 +259,4 @@ def _looks_like_uuid(value: str) -> bool:
     return len(value) <= 64
 
 
-__all__ = ["Node", "API_VERSION", "inputs_prefix", "results_prefix", "task_prefix", "is_image_name"]
+__all__ = ["Node", "API_VERSION", "inputs_prefix", "results_prefix", "task_prefix"]

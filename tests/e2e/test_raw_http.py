@@ -551,9 +551,9 @@ def test_empty_image_huge_field_and_malformed_bodies(farm: Farm) -> None:
         answer = farm.post("/task/new", data=data, headers={"Content-Type": ctype})
         assert answer.status_code == 200 and "error" in answer.json(), (ctype, answer.text[:200])
     answer = farm.post("/task/new/init", data=b"{not json", headers={"Content-Type": "application/json"})
-    assert answer.status_code == 200 and ("uuid" in answer.json() or "error" in answer.json())
+    assert answer.status_code == 200 and answer.json()["error"].startswith("Malformed request")
     answer = farm.post("/task/cancel", data=b"{not json", headers={"Content-Type": "application/json"})
-    assert answer.json() == {"success": False, "error": "uuid param missing."}
+    assert answer.json()["success"] is False and answer.json()["error"].startswith("Malformed request")
     api_alive(farm)
 
 
@@ -645,3 +645,15 @@ def test_random_option_payloads_never_break_the_api(farm: Farm) -> None:
         result = answer.json()
         assert set(result) in ({"uuid"}, {"error"}), result
     assert farm.get("/info").status_code == 200
+
+
+def test_malformed_json_bodies_are_refused_clearly(farm: Farm) -> None:
+    headers = {"Content-Type": "application/json"}
+    assert farm.post("/task/new/init", data="{not json", headers=headers).json() == {
+        "error": "Malformed request: the body is not valid JSON.", "noRetry": True}
+    assert farm.post("/task/new/init", data="[1, 2]", headers=headers).json()["error"].startswith(
+        "Malformed request: the JSON body must be an object")
+    assert farm.post("/task/cancel", data="{oops", headers=headers).json() == {
+        "success": False, "error": "Malformed request: the body is not valid JSON.", "noRetry": True}
+    uuid = farm.post("/task/new/init", json={"name": "from json", "options": [{"name": "dsm", "value": True}]}).json()
+    assert set(uuid) == {"uuid"}
