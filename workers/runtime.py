@@ -369,7 +369,8 @@ class WorkerRuntime:
         return moved.ok
 
     def janitor(self) -> None:
-        """Delete finished tasks and abandoned uploads older than the cleanup period."""
+        """Forget long-dead workers; delete finished tasks and abandoned uploads older than the cleanup period."""
+        self.tasks.prune_workers(self.settings.worker_ttl)
         minutes = self.settings.cleanup_minutes
         if minutes <= 0:
             return

@@ -427,3 +427,11 @@ def test_an_unclaimed_task_waits_while_the_farm_is_full(rt: WorkerRuntime) -> No
     rt.tasks.heartbeat("gpu-only", {"name": "gpu-only", "queues": ["gpu"], "slots": 1, "running": []})
     assert rt.reap() == []
     assert broker_messages(rt.tasks, "cpu") == []
+
+
+def test_janitor_forgets_workers_dead_for_long(rt: WorkerRuntime) -> None:
+    rt.tasks.heartbeat("ghost", {"name": "ghost"})
+    rt.tasks.heartbeat("alive", {"name": "alive"})
+    rt.tasks.r.zadd("odmfarm:workers:beat", {"ghost": time.time() - 86_400})
+    rt.janitor()
+    assert rt.tasks.r.hkeys("odmfarm:workers") == ["alive"]
