@@ -188,7 +188,9 @@ def test_failed_scratch_is_kept_only_when_asked(farm_factory, tmp_path: Path) ->
     assert len(kept) == 1 and (kept[0] / "project" / task.uuid / "task_output.txt").exists()
     ok = farm.node().create_task(make_images(tmp_path / "ok", 1))
     assert wait_status(farm, ok.uuid, (30, 40))["status"]["code"] == 40
-    assert not list((farm.root / "keeper" / "scratch").glob(f"{ok.uuid}-*")), "successful runs leave nothing"
+    # the scratch folder goes right after the COMPLETED transition, in the run's last step
+    wait_until(lambda: not list((farm.root / "keeper" / "scratch").glob(f"{ok.uuid}-*")), 10,
+               "successful runs leave nothing")
     # a restarted worker cleans stale scratch but keeps what was kept on purpose
     farm.workers[0].stop()
     farm.start_worker("keeper")
