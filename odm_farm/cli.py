@@ -12,7 +12,10 @@ import time
 import urllib.request
 from dataclasses import fields
 
-from shared.settings import PREFIX, Settings, SettingsError, describe
+from shared.settings import PREFIX, Settings, SettingsError, describe, unknown_variables
+
+# set by `odm-farm up` for its children, so a typo is reported once, not once per process
+_QUIET_ENV = "ODMFARM_UP_CHILD"
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +39,10 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def _settings(env: dict[str, str]) -> Settings:
+def _settings(env: dict[str, str], warn: bool = False) -> Settings:
+    if warn and not env.get(_QUIET_ENV):
+        for warning in unknown_variables(env):
+            print(f"odm-farm: warning: {warning}", file=sys.stderr, flush=True)
     try:
         return Settings.from_env(env)
     except SettingsError as exc:
@@ -45,7 +51,7 @@ def _settings(env: dict[str, str]) -> Settings:
 
 def cmd_api(args: argparse.Namespace) -> int:
     env = _environment(args)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
     if not settings.redis_url:
         sys.exit("odm-farm api: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
     _check_dependencies("api", settings)
@@ -84,7 +90,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     env = _environment(args)
     os.environ.update(env)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
     if not settings.redis_url:
         sys.exit("odm-farm worker: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
     _check_dependencies("worker", settings)
@@ -154,7 +160,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from odm_farm.redis_server import free_port, start_redis
 
     env = _environment(args)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
+    env[_QUIET_ENV] = "1"
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     env[PREFIX + "DATA_DIR"] = str(data)

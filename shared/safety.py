@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import posixpath
+import re
 import socket
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -138,6 +139,29 @@ def redact_url(url: str) -> str:
         return SplitResult(parts.scheme, netloc, parts.path, "", "").geturl() + query
     except ValueError:
         return "<unparsable URL>"
+
+
+# --- secrets in text ----------------------------------------------------------------------------
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@")
+_SECRET_QUERY = re.compile(
+    r"(?P<head>[?&;](?:token|access_token|password|secret|signature|x-amz-signature|x-amz-credential"
+    r"|x-amz-security-token)=)[^&\s\"'#]+",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL passwords, secret query values (`token=`...) and every known secret masked.
+
+    Defence in depth for console lines and log records: whatever a program prints, a secret the node knows
+    (its token, S3 keys, the Redis password) is not stored or shown.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
 
 
 def check_url(url: str, blocked_networks: Iterable[str | IPNetwork]) -> None:

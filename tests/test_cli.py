@@ -88,3 +88,22 @@ def test_worker_with_a_broken_odm_install_says_so(redis_server, tmp_path: Path) 
     assert result.returncode == 1
     assert "odm-farm worker: cannot start:" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_worker_with_a_setting_that_breaks_the_farm_exits_at_once_naming_it(redis_server) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    result = run_cli("worker", env={"ODM_FARM_REDIS_URL": redis_server.url(), "ODM_FARM_LEASE_SECONDS": "0"},
+                     timeout=30)
+    assert result.returncode != 0 and time.monotonic() - started < 15
+    assert "ODM_FARM_LEASE_SECONDS" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("worker", env={"ODM_FARM_REDIS_URL": redis_server.url(),
+                                    "ODM_FARM_BLOCKED_NETWORKS": "10.0.0.0/8,intranet"}, timeout=30)
+    assert result.returncode != 0 and "ODM_FARM_BLOCKED_NETWORKS" in result.stderr and "intranet" in result.stderr
+
+
+def test_a_misspelled_variable_is_warned_about_with_a_suggestion() -> None:
+    # the typo is reported even though the run then stops for another reason (no Redis)
+    for role in ("api", "worker"):
+        result = run_cli(role, env={"ODM_FARM_WORKER_SLOT": "4"})
+        assert "ODM_FARM_WORKER_SLOT is not a setting" in result.stderr, result.stderr
+        assert "did you mean ODM_FARM_WORKER_SLOTS?" in result.stderr
