@@ -78,6 +78,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         "20",
         "--keep-alive",
         "30",
+        # the access log prints request lines, and clients put the token in the query
+        "--logger-class",
+        "api.gunicorn_logging.RedactingLogger",
         "api.app:create_app()",
     ]
     if args.access_log:  # off by default: formatting a line per request costs ~8% of a fast request
@@ -97,8 +100,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         sys.exit("odm-farm worker: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
     _check_dependencies("worker", settings)
+    import logging
+
+    from shared.safety import redact_handlers
     from workers.main import run_worker
 
+    # engines inherit the worker's environment and need none of its secrets (ps e, /proc/<pid>/environ)
+    for f in fields(Settings):
+        if f.metadata["secret"] or f.name == "redis_url":
+            os.environ.pop(PREFIX + f.name.upper(), None)
+    # the same root handler run_worker would install, masking secrets in every line (Celery's included)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_handlers(logging.getLogger(), settings.secrets)
     run_worker(settings)
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import posixpath
 import re
@@ -162,6 +163,26 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, MASK)
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
     return _SECRET_QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a log formatter so that no formatted line (message, request line, traceback) shows a secret."""
+
+    def __init__(self, inner: logging.Formatter | None, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record), self.secrets)
+
+
+def redact_handlers(logger: logging.Logger, secrets: Iterable[str] = ()) -> None:
+    """Make every handler of `logger` mask secrets (idempotent)."""
+    secrets = list(secrets)
+    for handler in logger.handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter, secrets))
 
 
 def check_url(url: str, blocked_networks: Iterable[str | IPNetwork]) -> None:
