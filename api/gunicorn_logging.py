@@ -27,5 +27,11 @@ class RedactingLogger(Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         secrets = _secrets()
-        for log in (self.error_log, self.access_log, logging.getLogger()):
+        root = logging.getLogger()
+        if not root.handlers:
+            # the app's own warnings would go to logging's last-resort handler, which nothing can mask
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(handler)
+        for log in (self.error_log, self.access_log, root):
             redact_handlers(log, secrets)

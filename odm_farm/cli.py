@@ -190,8 +190,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children run in sessions of their own, so the terminal's Ctrl-C reaches only this process, which then
     # stops them in order; a Ctrl-C that reached Redis at once would cut the workers' hand-over short.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    # SIGHUP too: closing the terminal no longer reaches the children, so `up` must pass it on
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     command = [sys.executable, "-m", "odm_farm.cli"]
     try:
         if not settings.redis_url:
@@ -219,7 +220,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nStopping ODM Farm...", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the ordered stop short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the ordered stop short
         _stop_in_order(children)
 
 

@@ -221,3 +221,6 @@ def test_up_on_a_taken_port_fails_at_once_naming_the_port(tmp_path: Path) -> Non
         assert up.proc.returncode != 0
         assert time.monotonic() - started < 5, up.output()
         assert f"port {port}" in up.output() and "ODM_FARM_PORT" in up.output(), up.output()
+        result = run_cli("api", env={"ODM_FARM_PORT": str(port), "ODM_FARM_REDIS_URL": "redis://127.0.0.1:1/0"},
+                         timeout=20)
+        assert result.returncode != 0 and f"port {port}" in result.stderr and "ODM_FARM_PORT" in result.stderr
