@@ -219,6 +219,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nStopping ODM Farm...", flush=True)
         return 0
+    except (RuntimeError, OSError) as exc:  # redis-server missing or refusing to start
+        print(f"odm-farm up: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the ordered stop short

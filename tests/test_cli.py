@@ -213,7 +213,7 @@ def test_up_on_a_taken_port_fails_at_once_naming_the_port(tmp_path: Path) -> Non
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        up = Up(tmp_path, up_env(tmp_path / "data", port))
+        up = Up(tmp_path, up_env(tmp_path / "data", port, ODM_FARM_SIMULATE_SECOND="1"))
         try:
             up.proc.wait(20)
         finally:
@@ -221,6 +221,7 @@ def test_up_on_a_taken_port_fails_at_once_naming_the_port(tmp_path: Path) -> Non
         assert up.proc.returncode != 0
         assert time.monotonic() - started < 5, up.output()
         assert f"port {port}" in up.output() and "ODM_FARM_PORT" in up.output(), up.output()
+        assert "did you mean ODM_FARM_SIMULATE_SECONDS?" in up.output(), "up warns about typos too"
         result = run_cli("api", env={"ODM_FARM_PORT": str(port), "ODM_FARM_REDIS_URL": "redis://127.0.0.1:1/0"},
                          timeout=20)
         assert result.returncode != 0 and f"port {port}" in result.stderr and "ODM_FARM_PORT" in result.stderr
