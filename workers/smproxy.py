@@ -34,6 +34,7 @@ HOP_BY_HOP = {
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "expect",  # this server already answered 100-continue to the client
     "host",
 }
 
