@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -11,8 +12,12 @@ import sys
 import time
 import urllib.request
 from dataclasses import fields
+from typing import Any
 
-from shared.settings import PREFIX, Settings, SettingsError, describe
+from shared.settings import PREFIX, Settings, SettingsError, describe, unknown_variables
+
+# set by `odm-farm up` for its children, so a typo is reported once, not once per process
+_QUIET_ENV = "ODMFARM_UP_CHILD"
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +41,10 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def _settings(env: dict[str, str]) -> Settings:
+def _settings(env: dict[str, str], warn: bool = False) -> Settings:
+    if warn and not env.get(_QUIET_ENV):
+        for warning in unknown_variables(env):
+            print(f"odm-farm: warning: {warning}", file=sys.stderr, flush=True)
     try:
         return Settings.from_env(env)
     except SettingsError as exc:
@@ -45,9 +53,10 @@ def _settings(env: dict[str, str]) -> Settings:
 
 def cmd_api(args: argparse.Namespace) -> int:
     env = _environment(args)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
     if not settings.redis_url:
         sys.exit("odm-farm api: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
+    _require_free_port("api", settings)
     _check_dependencies("api", settings)
     argv = [
         sys.executable,
@@ -69,6 +78,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         "20",
         "--keep-alive",
         "30",
+        # the access log prints request lines, and clients put the token in the query
+        "--logger-class",
+        "api.gunicorn_logging.RedactingLogger",
         "api.app:create_app()",
     ]
     if args.access_log:  # off by default: formatting a line per request costs ~8% of a fast request
@@ -84,12 +96,22 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     env = _environment(args)
     os.environ.update(env)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
     if not settings.redis_url:
         sys.exit("odm-farm worker: ODM_FARM_REDIS_URL is required (or use `odm-farm up`)")
     _check_dependencies("worker", settings)
+    import logging
+
+    from shared.safety import redact_handlers
     from workers.main import run_worker
 
+    # engines inherit the worker's environment and need none of its secrets (ps e, /proc/<pid>/environ)
+    for f in fields(Settings):
+        if f.metadata["secret"] or f.name == "redis_url":
+            os.environ.pop(PREFIX + f.name.upper(), None)
+    # the same root handler run_worker would install, masking secrets in every line (Celery's included)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_handlers(logging.getLogger(), settings.secrets)
     run_worker(settings)
     return 0
 
@@ -149,37 +171,37 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+# How long each role gets to stop after SIGTERM before its whole process tree is killed. Workers first (they
+# hand running tasks back through Redis), then the API, then Redis: 5 + 2 + 1.5 s keeps a stop under 10 s.
+STOP_ORDER = (("worker", 5.0), ("api", 2.0), ("redis", 1.5))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    """Redis, the API and one worker on this machine, stopped together on Ctrl-C."""
+    """Redis, the API and one worker on this machine, stopped together, in order, on Ctrl-C."""
     from odm_farm.redis_server import free_port, start_redis
 
     env = _environment(args)
-    settings = _settings(env)
+    settings = _settings(env, warn=True)
+    env[_QUIET_ENV] = "1"
+    _require_free_port("up", settings)
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     env[PREFIX + "DATA_DIR"] = str(data)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    if not settings.redis_url:
-        port = free_port(6379)
-        children.append(("redis", start_redis(data / "redis", port)))
-        env[PREFIX + "REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        print(f"Redis on 127.0.0.1:{port} (data in {data / 'redis'})", flush=True)
-
-    def stop(*_: object) -> None:
-        for _name, proc in reversed(children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _name, proc in reversed(children):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
+    # Children run in sessions of their own, so the terminal's Ctrl-C reaches only this process, which then
+    # stops them in order; a Ctrl-C that reached Redis at once would cut the workers' hand-over short.
+    # SIGHUP too: closing the terminal no longer reaches the children, so `up` must pass it on
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     command = [sys.executable, "-m", "odm_farm.cli"]
     try:
-        children.append(("worker", subprocess.Popen([*command, "worker"], env=env)))
-        children.append(("api", subprocess.Popen([*command, "api"], env=env)))
+        if not settings.redis_url:
+            port = free_port(6379)
+            children.append(("redis", start_redis(data / "redis", port, own_session=True)))
+            env[PREFIX + "REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            print(f"Redis on 127.0.0.1:{port} (data in {data / 'redis'})", flush=True)
+        for role in ("worker", "api"):
+            children.append((role, subprocess.Popen([*command, role], env=env, start_new_session=True)))
         url = f"http://{settings.host}:{settings.port}"
         engine = settings.engine_name
         if _wait_http(url + "/health", children):
@@ -188,8 +210,6 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "Press Ctrl-C to stop.",
                 flush=True,
             )
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
         while True:
             for name, proc in children:
                 if proc.poll() is not None:
@@ -199,8 +219,68 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nStopping ODM Farm...", flush=True)
         return 0
+    except (RuntimeError, OSError) as exc:  # redis-server missing or refusing to start
+        print(f"odm-farm up: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
-        stop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the ordered stop short
+        _stop_in_order(children)
+
+
+def _stop_in_order(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """SIGTERM each role in STOP_ORDER and wait for it; kill what is left of its tree (engines included)."""
+    for role, grace in STOP_ORDER:
+        for name, proc in children:
+            if name != role:
+                continue
+            tree = _tree(proc.pid)  # before it exits: its orphans (an engine) would no longer be found
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                print(f"odm-farm: {name} did not stop within {grace:g} s; killing it", file=sys.stderr)
+            _kill_all([*tree, *_tree(proc.pid)], proc)
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _kill_all(processes: list[Any], leader: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the leftovers of a stopped role, SIGKILL them (and the role itself) after a short grace."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=0.5)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if leader.poll() is None:
+        leader.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        leader.wait(2)
+
+
+def _require_free_port(role: str, settings: Settings) -> None:
+    """Exit at once, naming the port, when the API's address is taken (gunicorn would retry, then fail)."""
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            sys.exit(
+                f"odm-farm {role}: cannot listen on {settings.host} port {settings.port} (ODM_FARM_PORT): "
+                f"{exc.strerror or exc}. Stop what uses it or choose another port."
+            )
 
 
 def _interrupt(*_: object) -> None:

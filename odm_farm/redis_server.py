@@ -37,8 +37,14 @@ def free_port(preferred: int = 0) -> int:
     raise RuntimeError("no free port")
 
 
-def start_redis(data_dir: Path, port: int, persistent: bool = True) -> subprocess.Popen[bytes]:
-    """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir. Returns once it answers PING."""
+def start_redis(
+    data_dir: Path, port: int, persistent: bool = True, own_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir. Returns once it answers PING.
+
+    own_session keeps it out of the terminal's process group, so a Ctrl-C meant for `odm-farm up` does not
+    stop Redis before the workers have handed their tasks back.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         redis_binary(),
@@ -60,17 +66,23 @@ def start_redis(data_dir: Path, port: int, persistent: bool = True) -> subproces
     args += ["--appendonly", "yes" if persistent else "no"]
     if persistent:
         args += ["--appendfsync", "everysec"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=own_session
+    )
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"redis-server exited ({proc.returncode}): {err.strip()}")
-        if _pings(port):
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not answer within 15 s")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"redis-server exited ({proc.returncode}): {err.strip()}")
+            if _pings(port):
+                return proc
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer within 15 s")
+    except BaseException:  # a Ctrl-C while waiting must not leave it running
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def _pings(port: int) -> bool:

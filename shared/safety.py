@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import posixpath
+import re
 import socket
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -138,6 +140,49 @@ def redact_url(url: str) -> str:
         return SplitResult(parts.scheme, netloc, parts.path, "", "").geturl() + query
     except ValueError:
         return "<unparsable URL>"
+
+
+# --- secrets in text ----------------------------------------------------------------------------
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@")
+_SECRET_QUERY = re.compile(
+    r"(?P<head>[?&;](?:token|access_token|password|secret|signature|x-amz-signature|x-amz-credential"
+    r"|x-amz-security-token)=)[^&\s\"'#]+",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL passwords, secret query values (`token=`...) and every known secret masked.
+
+    Defence in depth for console lines and log records: whatever a program prints, a secret the node knows
+    (its token, S3 keys, the Redis password) is not stored or shown.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a log formatter so that no formatted line (message, request line, traceback) shows a secret."""
+
+    def __init__(self, inner: logging.Formatter | None, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record), self.secrets)
+
+
+def redact_handlers(logger: logging.Logger, secrets: Iterable[str] = ()) -> None:
+    """Make every handler of `logger` mask secrets (idempotent)."""
+    secrets = list(secrets)
+    for handler in logger.handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter, secrets))
 
 
 def check_url(url: str, blocked_networks: Iterable[str | IPNetwork]) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from shared.safety import redact_text
 
 PREFIX = "ODM_FARM_"
+# ODM_FARM_* variables that are not settings but are read elsewhere (the simulate engine's test controls)
+OTHER_VARIABLES = frozenset({"ODM_FARM_SIMULATE_EXIT", "ODM_FARM_SIMULATE_CACHE"})
 
 
 class SettingsError(ValueError):
@@ -154,12 +162,20 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        # values that parse but break the farm (a zero lease re-queues every task, a zero heartbeat
+        # busy-loops, a bad block list fails only at the first zipurl) are refused here, at start-up
+        for problem in _problems(self):
+            raise SettingsError(problem)
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
+            elif isinstance(value, str) and value:
+                value = redact_text(value)  # a Redis password or a token in a URL
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -194,8 +210,73 @@ class Settings:
             env[PREFIX + f.name.upper()] = text
         return env
 
+    @property
+    def secrets(self) -> list[str]:
+        """The secret values these settings hold, for masking console lines and logs."""
+        found = [getattr(self, f.name) for f in fields(self) if f.metadata.get("secret")]
+        for url in (self.redis_url, self.public_url, self.webhook):
+            with contextlib.suppress(ValueError):
+                found.append(urlsplit(url).password or "")
+        return [value for value in found if value]
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _problems(s: Settings) -> list[str]:
+    """What is wrong with `s`, one message per problem, each naming the variable."""
+    found: list[str] = []
+
+    def check(name: str, ok: bool, why: str) -> None:
+        if not ok:
+            found.append(f"{PREFIX}{name.upper()}={getattr(s, name)!r}: {why}")
+
+    for name in ("port", "progress_port"):
+        check(name, 1 <= getattr(s, name) <= 65535, "must be a port number from 1 to 65535")
+    for name in ("lease_seconds", "heartbeat_seconds", "worker_ttl"):
+        check(name, getattr(s, name) > 0, "must be greater than 0")
+    if s.heartbeat_seconds > 0:
+        check(
+            "heartbeat_seconds",
+            s.heartbeat_seconds < s.lease_seconds,
+            f"must be shorter than {PREFIX}LEASE_SECONDS ({s.lease_seconds:g}), or leases expire between beats",
+        )
+        check(
+            "heartbeat_seconds",
+            s.heartbeat_seconds < s.worker_ttl,
+            f"must be shorter than {PREFIX}WORKER_TTL ({s.worker_ttl:g}), or live workers look gone",
+        )
+    check("webhook_retries", s.webhook_retries >= 1, "must be at least 1")
+    for name in ("cleanup_minutes", "max_upload_mb", "zip_max_bytes", "max_runtime", "simulate_seconds"):
+        check(name, getattr(s, name) >= 0, "must not be negative")
+    check("worker_queues", set(s.worker_queues) <= {"cpu", "gpu"}, "queues are cpu and gpu")
+    for entry in s.blocked_networks:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError as exc:
+            check("blocked_networks", False, f"{entry!r} is not a network ({exc})")
+    if s.public_url:
+        check("public_url", s.public_url.startswith(("http://", "https://")), "must be an http(s) URL")
+    if s.redis_url:
+        check(
+            "redis_url",
+            s.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "must start with redis://, rediss:// or unix://",
+        )
+    return found
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ODM_FARM_* variable that is no setting (a typo is otherwise silently ignored)."""
+    known = [PREFIX + f.name.upper() for f in fields(Settings)]
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(PREFIX) or name in known or name in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else "; `odm-farm settings` lists them all"
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -8,13 +8,13 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from shared import options as optionlib
 from shared import outbox
 from shared.errors import TaskNotFound
 from shared.models import TaskStatus, exit_code_message
 from shared.node import inputs_prefix, results_prefix, task_prefix
+from shared.safety import redact_text, redact_url
 from shared.taskstore import now_ms
 from workers import files
 from workers.postprocess import postprocess
@@ -154,7 +154,7 @@ def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: P
         _check(job)
     zipurl = record.get("zipurl")
     if zipurl:
-        say([f"Downloading {zipurl}"])
+        say([f"Downloading {redact_url(zipurl)}"])  # a presigned or user:pass@ URL carries secrets
         try:
             files.fetch_url(
                 zipurl,
@@ -163,7 +163,7 @@ def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: P
                 max_bytes=rt.settings.zip_max_bytes or None,
             )
         except (files.FetchError, ValueError) as exc:
-            raise Failed(f"Could not download {zipurl}: {exc}") from None
+            raise Failed(f"Could not download {redact_url(zipurl)}: {exc}") from None
 
 
 def _engine_options(rt: WorkerRuntime, record: dict[str, str], say: Any) -> list[dict[str, Any]]:
@@ -172,22 +172,21 @@ def _engine_options(rt: WorkerRuntime, record: dict[str, str], say: Any) -> list
     known = {o["name"] for o in (rt.engine_info.options if rt.engine_info else [])}
     split = next((o["value"] for o in options if o["name"] == "split"), None)
     if split is not None and "sm-cluster" in known and not any(o["name"] == "sm-cluster" for o in options):
-        cluster = sm_cluster_url(rt.settings.public_url, rt.settings.token)
+        cluster = sm_cluster_url(rt)
         if cluster:
             options.append({"name": "sm-cluster", "value": cluster})
-            say([f"Split-merge: submodels are sent back to the farm at {rt.settings.public_url}"])
+            say([f"Split-merge: submodels are sent back to the farm at {redact_url(rt.settings.public_url)}"])
         else:
             say(["Split-merge: ODM_FARM_PUBLIC_URL is not set, so submodels run on this worker only."])
     return options
 
 
-def sm_cluster_url(public_url: str, token: str) -> str:
-    """The URL ODM's split-merge client uses (PyODM reads a ?token= query from it)."""
-    if not public_url:
-        return ""
-    parts = urlsplit(public_url.rstrip("/"))
-    query = urlencode({"token": token}) if token else ""
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+def sm_cluster_url(rt: WorkerRuntime) -> str:
+    """The URL ODM's split-merge client uses: this worker's loopback proxy, which adds the token itself.
+
+    Never the public URL with ?token=: ODM's arguments show in `ps`, in its console banner and in all.zip.
+    """
+    return rt.cluster.url if rt.cluster is not None else ""
 
 
 def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zip_path: Path) -> None:
@@ -217,6 +216,8 @@ def _console(rt: WorkerRuntime, job: Job) -> Any:
 
 
 def _push(rt: WorkerRuntime, job: Job, lines: list[str]) -> None:
+    # defence in depth: whatever the engine prints, no secret this node knows is stored or shown
+    lines = [redact_text(line, rt.settings.secrets) for line in lines]
     if not rt.tasks.append_output(job.uuid, job.run_id, lines):
         job.cancel("superseded")
 

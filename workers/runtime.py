@@ -29,6 +29,7 @@ from shared.taskstore import Keys, TaskStore, new_run_id, now_ms
 from workers.engines.base import Engine, EngineInfo
 from workers.hostinfo import detect_gpu, host_facts
 from workers.runner import Run, kill_tree
+from workers.smproxy import ClusterProxy
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class WorkerRuntime:
         self.stopping = threading.Event()
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
+        self.cluster: ClusterProxy | None = None  # split-merge's way back to the farm, token added there
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +106,9 @@ class WorkerRuntime:
         self.clean_stale_scratch()
         self.engine_info = self.engine.describe()
         self.options_digest = self.tasks.publish_engine(self.engine_info.options)
+        if self.settings.public_url:
+            self.cluster = ClusterProxy(self.settings.public_url, self.settings.token)
+            self.cluster.start()
         self.beat()
         for target in (
             self._webhook_loop,
@@ -134,6 +139,9 @@ class WorkerRuntime:
             self.tasks.remove_worker(self.id)
         except Exception:  # noqa: BLE001 - best effort at shutdown
             log.warning("could not deregister worker %s", self.id)
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
 
     def clean_stale_scratch(self) -> None:
         """Runs left behind by a previous worker process on this host: kill their engines, drop their files."""

@@ -89,7 +89,7 @@ def make_runtime(redis_server: RedisServer, tmp_path: Path) -> Iterator[MakeRunt
     made: list[WorkerRuntime] = []
 
     def make(**overrides: Any) -> WorkerRuntime:
-        values: dict[str, Any] = {"redis_url": url, "data_dir": tmp_path, "lease_seconds": 5.0, "max_attempts": 2,
+        values: dict[str, Any] = {"redis_url": url, "data_dir": tmp_path, "lease_seconds": 5.0, "heartbeat_seconds": 1.0, "max_attempts": 2,
                                   "worker_gpu": False, "worker_name": f"w-test{len(made)}"}
         settings = Settings(**{**values, **overrides})
         rt = WorkerRuntime(settings, make_celery(settings), engine=SimulateEngine())
