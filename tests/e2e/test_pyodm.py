@@ -222,7 +222,9 @@ def test_engine_process_group_is_gone_after_completion(farm: Farm, tmp_path: Pat
     task = farm.node().create_task(make_images(tmp_path, 2))
     task.wait_for_completion(interval=0.3)
     assert engine_pgids(farm, task.uuid) == []
-    assert not [p for p in (farm.root / "worker1" / "scratch").glob(f"{task.uuid}-*")], "scratch not cleaned"
+    # the scratch folder goes in the run's last step, right after the COMPLETED transition
+    wait_until(lambda: not list((farm.root / "worker1" / "scratch").glob(f"{task.uuid}-*")), 10,
+               "scratch not cleaned")
     task.remove()
 
 
