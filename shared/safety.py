@@ -193,6 +193,8 @@ def normalize_outputs(raw: str | list | None) -> list[str] | None:
             return None
         try:
             raw = json.loads(raw)
+        except RecursionError:
+            raise UnsafeInput("Invalid outputs: nested too deeply.") from None
         except ValueError as exc:
             raise UnsafeInput(f"Invalid outputs: not valid JSON ({exc}).") from None
         if raw is None:
