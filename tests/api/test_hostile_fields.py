@@ -225,3 +225,34 @@ def test_deeply_nested_json_is_a_clear_error(farm: Farm, finished_task: str, dep
         body = nodeodm_answer(farm.post(route, **kwargs), what)
         assert isinstance(body, dict) and body.get("error"), f"{what}: {body}"
         assert "nested" in body["error"] or "Invalid" in body["error"] or "Malformed" in body["error"], body
+
+
+# --- file names ----------------------------------------------------------------------------------
+
+
+def test_uploaded_names_are_stored_without_bidi_or_control_characters(farm: Farm) -> None:
+    from tests.e2e.helpers import wait_status
+
+    uuid = farm.post("/task/new/init").json()["uuid"]
+    names = {
+        "evil\u202egpj.exe.jpg": "evilgpj.exe.jpg",
+        "zero\u200bwidth.jpg": "zerowidth.jpg",
+        "esc\x1b[2Jape.jpg": "esc[2Jape.jpg",
+        "\u2066iso\u2069late.jpg": "isolate.jpg",
+        "\u202e.jpg": "_.jpg",
+    }
+    for raw in names:
+        body = farm.post(f"/task/new/upload/{uuid}", files=[("images", (raw, jpeg()))]).json()
+        assert body == {"success": True}, (raw, body)
+    # a second spelling of a name already stored is the same file again: it replaces the first
+    retry = jpeg()
+    farm.post(f"/task/new/upload/{uuid}", files=[("images", ("zero\u200cwidth.jpg", retry))])
+    # a name of invisible characters only is refused with a clear, final error
+    body = farm.post(f"/task/new/upload/{uuid}", files=[("images", ("\u202e\u200b", jpeg()))]).json()
+    assert "file name" in body["error"] and body["noRetry"] is True, body
+    assert farm.post(f"/task/new/commit/{uuid}").json() == {"uuid": uuid}
+    info = wait_status(farm, uuid, (40,))
+    assert info["imagesCount"] == len(names)
+    stored = sorted(p.name for p in (farm.root / "storage" / uuid / "inputs").iterdir())
+    assert stored == sorted(names.values())
+    assert (farm.root / "storage" / uuid / "inputs" / "zerowidth.jpg").read_bytes() == retry
