@@ -192,6 +192,7 @@ def test_restart_options_never_answer_5xx(farm: Farm, finished_task: str) -> Non
             what = f"restart {option}={value!r}"
             body = nodeodm_answer(farm.post("/task/restart", data={"uuid": finished_task, "options": options}), what)
             if body.get("success"):
+                farm.post("/task/cancel", data={"uuid": finished_task})  # restartable again at once
                 wait_status(farm, finished_task, (30, 40, 50))
             else:
                 assert body.get("error"), what
