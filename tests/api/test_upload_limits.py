@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,30 @@ def test_zipurl_archive_limits_fail_the_task(limited: Farm) -> None:
     assert "60 entries" in count_info["status"]["errorMessage"], count_info
     assert "at most 50" in count_info["status"]["errorMessage"], count_info
     wait_until(lambda: scratch_files(limited) == [], 10, f"scratch left behind: {scratch_files(limited)}")
+
+
+def test_a_many_part_upload_to_s3_does_not_hold_a_file_open_per_part(farm_factory, s3_server) -> None:  # type: ignore[no-untyped-def]
+    """On S3 a part over the in-memory spool is a temporary file until it is sent: it must not wait for the
+    end of the request."""
+    bucket = s3_server.lease_bucket()
+    farm: Farm = farm_factory(apis=1, workers=0, env=s3_server.env(bucket), api_workers=1)
+    uuid = farm.post("/task/new/init").json()["uuid"]
+    baseline = _api_open_files(farm)
+    parts, size = 80, 300 * 1024  # over the S3 writer's 256 KB in-memory spool
+    peak = {"fds": 0}
+
+    def body() -> Iterator[bytes]:
+        for i in range(parts):
+            yield part("images", f"img{i:03d}.jpg", jpeg(size))
+        deadline = time.monotonic() + 3  # the API reads what is left in the socket meanwhile
+        while time.monotonic() < deadline:
+            peak["fds"] = max(peak["fds"], _api_open_files(farm))
+            time.sleep(0.05)
+        yield f"--{BOUNDARY}--\r\n".encode()
+
+    response = post_chunked(farm, f"/task/new/upload/{uuid}", body())
+    assert response.json() == {"success": True}
+    stored = s3_server.client.list_objects_v2(Bucket=bucket, Prefix=f"tasks/{uuid}/inputs/")
+    assert stored["KeyCount"] == parts
+    assert peak["fds"] - baseline < 30, f"{peak['fds'] - baseline} more open files during a {parts}-part upload"
+    s3_server.release_bucket(bucket)
