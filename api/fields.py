@@ -9,16 +9,24 @@ from flask import request
 
 from shared.errors import InvalidRequest
 
+TOO_DEEP = "Malformed request: the JSON body is nested too deeply."
+
 
 def text_fields(data: Any) -> dict[str, str]:
     """A JSON body as form-like fields: strings kept, anything else (numbers, lists) as its JSON text."""
     if not isinstance(data, dict):
         raise InvalidRequest("Malformed request: the JSON body must be an object.", no_retry=True)
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    try:
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    except RecursionError:
+        raise InvalidRequest(TOO_DEEP, no_retry=True) from None
 
 
 def json_fields() -> dict[str, str]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # silent covers malformed JSON only; Python's parser refuses deep nesting this way
+        raise InvalidRequest(TOO_DEEP, no_retry=True) from None
     if data is None:
         raise InvalidRequest("Malformed request: the body is not valid JSON.", no_retry=True)
     return text_fields(data)

@@ -126,6 +126,8 @@ def _body() -> dict[str, str]:
 def _int_arg(name: str) -> int:
     raw = request.args.get(name, "0") or "0"
     try:
-        return int(raw)
+        number = int(raw)
     except ValueError:
-        raise InvalidRequest(f"Invalid {name}: {raw}") from None
+        raise InvalidRequest(f"Invalid {name}: {raw[:40]}") from None
+    # a line index past any list means "nothing" (or "everything"); Redis refuses numbers over 64 bits
+    return max(-(2**62), min(number, 2**62))

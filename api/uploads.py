@@ -1,49 +1,36 @@
-"""Streaming multipart uploads: each file part goes straight from the request into the object store."""
+"""Streaming multipart uploads: each file part goes straight from the request into the object store, within limits.
+
+Limits are checked while the body streams, so chunked requests (no Content-Length) are held to them too:
+`max_upload_mb` bytes per request, `max_files_per_request` file parts, MAX_FIELDS small fields of at most
+MAX_FIELD_MEMORY bytes each. One request is all or nothing: its parts are committed together at the end,
+and a refused or broken request leaves no object behind. Each part's writer is finished as soon as the
+part ends, so a request of many parts never holds more than one open file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from flask import request
-from werkzeug.formparser import parse_form_data
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from werkzeug.wsgi import get_input_stream
 
 from api.fields import json_fields
 from shared.errors import InvalidRequest
 from shared.node import Node
 from shared.storage import ObjectWriter
 
-MAX_FORM_PARTS = 100_000
+MAX_FIELDS = 1000
 MAX_FIELD_MEMORY = 2 * 1024 * 1024  # options, outputs and names are small; a bigger field is hostile
+READ_SIZE = 64 * 1024
+MB = 1024 * 1024
 
 
-class _CountingWriter:
-    """What werkzeug writes a file part into: counts bytes and forwards them to the store."""
-
-    def __init__(self, name: str, writer: ObjectWriter) -> None:
-        self.name = name
-        self.writer = writer
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
-        return self.writer.write(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
-
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
+@dataclass
+class _Part:
+    name: str
+    writer: ObjectWriter
+    size: int = 0
 
 
 @dataclass
@@ -52,50 +39,126 @@ class Upload:
     files: dict[str, int] = field(default_factory=dict)  # stored name -> size
 
 
+class _Receiver:
+    """One multipart body, event by event: fields kept as text, file parts streamed to the store."""
+
+    def __init__(self, node: Node, uuid: str) -> None:
+        self.node = node
+        self.uuid = uuid
+        settings = node.settings
+        self.max_bytes = settings.max_upload_mb * MB if settings.max_upload_mb else None
+        self.max_files = settings.max_files_per_request
+        self.fields: dict[str, str] = {}
+        self.latest: dict[str, _Part] = {}  # the last copy of a name wins, as when a client retries a file
+        self.parts: list[_Part] = []
+        self.files_seen = 0
+        self.fields_seen = 0
+
+    def too_large(self) -> InvalidRequest:
+        return InvalidRequest(
+            f"Request too large: the limit is {self.node.settings.max_upload_mb} MB per request.",
+            no_retry=True,
+        )
+
+    def run(self, boundary: bytes) -> None:
+        length = request.content_length
+        if self.max_bytes is not None and length is not None and length > self.max_bytes:
+            raise self.too_large()  # before reading anything
+        stream = get_input_stream(request.environ, max_content_length=None)
+        decoder = MultipartDecoder(boundary, max_form_memory_size=MAX_FIELD_MEMORY)
+        received = 0
+        current: _Part | list[bytes] | None = None
+        current_field = ""
+        while True:
+            data = stream.read(READ_SIZE)
+            received += len(data)
+            if self.max_bytes is not None and received > self.max_bytes:
+                raise self.too_large()
+            decoder.receive_data(data or None)  # None: the body ended
+            event = decoder.next_event()
+            while not isinstance(event, Epilogue | NeedData):
+                if isinstance(event, File):
+                    current = self.start_file(event.filename)
+                elif isinstance(event, Field):
+                    self.fields_seen += 1
+                    if self.fields_seen > MAX_FIELDS:
+                        raise InvalidRequest(
+                            f"Too many fields: at most {MAX_FIELDS} per request.", no_retry=True
+                        )
+                    current, current_field = [], event.name
+                elif isinstance(event, Data):
+                    if isinstance(current, _Part):
+                        current.writer.write(event.data)
+                        current.size += len(event.data)
+                        if not event.more_data:
+                            current.writer.finish()
+                    elif isinstance(current, list):
+                        current.append(event.data)
+                        if sum(map(len, current)) > MAX_FIELD_MEMORY:
+                            raise InvalidRequest(
+                                f"Request too large: a form field is over {MAX_FIELD_MEMORY // MB} MB.",
+                                no_retry=True,
+                            )
+                        if not event.more_data:
+                            self.fields[current_field] = b"".join(current).decode("utf-8", "replace")
+                event = decoder.next_event()
+            if isinstance(event, Epilogue):
+                return
+            if not data:
+                raise ValueError("the body ended before the last part")
+
+    def start_file(self, filename: str) -> _Part | None:
+        if not filename:
+            return None  # an empty file input: browsers send it when nothing was chosen
+        self.files_seen += 1
+        if self.max_files is not None and self.files_seen > self.max_files:
+            raise InvalidRequest(
+                f"Too many files in one request: at most {self.max_files} files per request.", no_retry=True
+            )
+        name, key = self.node.upload_key(self.uuid, filename)
+        earlier = self.latest.pop(name, None)
+        if earlier is not None:  # the same file again in this request: only the last copy is kept
+            self.parts.remove(earlier)
+            earlier.writer.abort()
+        part = _Part(name, self.node.store.writer(key))
+        self.parts.append(part)
+        self.latest[name] = part
+        return part
+
+    def abort(self) -> None:
+        for part in self.parts:
+            part.writer.abort()
+
+
 def receive(node: Node, uuid: str) -> Upload:
     """Parse the request, streaming file parts to <uuid>/inputs/<name>. All or nothing for one request."""
-    writers: list[_CountingWriter] = []
-
-    def stream_factory(total_content_length, content_type, filename, content_length=None):
-        if not filename:
-            return _Discard()  # an empty file input: browsers send it when nothing was chosen
-        name, key = node.upload_key(uuid, filename)
-        counting = _CountingWriter(name, node.store.writer(key))
-        writers.append(counting)
-        return counting
-
+    receiver = _Receiver(node, uuid)
     content_type = request.mimetype
     try:
-        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            _, form, _ = parse_form_data(
-                request.environ,
-                stream_factory=stream_factory,
-                silent=False,
-                max_form_memory_size=MAX_FIELD_MEMORY,
-                max_form_parts=MAX_FORM_PARTS,
-            )
-            fields = {k: form.get(k, "") for k in form}
+        if content_type == "multipart/form-data":
+            boundary = request.mimetype_params.get("boundary", "")
+            if not boundary:
+                raise InvalidRequest("Malformed upload: multipart body without a boundary.", no_retry=True)
+            receiver.run(boundary.encode("latin-1", "replace"))
+            fields = receiver.fields
+        elif content_type == "application/x-www-form-urlencoded":
+            fields = {k: request.form.get(k, "") for k in request.form}
         elif content_type == "application/json":
             fields = json_fields()
         else:
             fields = {}
-        # the last copy of a name wins, as when a client retries a file
-        latest = {w.name: w for w in writers}
-        node.refuse_empty_images({name: w.size for name, w in latest.items()})
-        node.check_image_limit(uuid, list(latest))
+        sizes = {name: part.size for name, part in receiver.latest.items()}
+        node.refuse_empty_images(sizes)
+        node.check_image_limit(uuid, list(sizes))
     except BaseException as exc:
-        for w in writers:
-            w.writer.abort()
+        receiver.abort()
         if isinstance(exc, InvalidRequest):
             raise
         if isinstance(exc, ValueError):
             raise InvalidRequest(f"Malformed upload: {exc}", no_retry=True) from None
         raise
     upload = Upload(fields)
-    for w in writers:
-        if latest[w.name] is w:
-            w.writer.commit()
-            upload.files[w.name] = w.size
-        else:
-            w.writer.abort()
+    for part in receiver.parts:
+        part.writer.commit()
+        upload.files[part.name] = part.size
     return upload

@@ -114,10 +114,7 @@ class Node:
         if form.get("webhook"):
             fields["webhook"] = str(form["webhook"]).strip()
         if form.get("dateCreated"):
-            try:
-                fields["dateCreated"] = int(float(form["dateCreated"]))
-            except (TypeError, ValueError):
-                raise InvalidRequest(f"Invalid dateCreated: {form['dateCreated']}") from None
+            fields["dateCreated"] = parse_date_created(form["dateCreated"])
         if form.get("zipurl"):
             fields["zipurl"] = str(form["zipurl"]).strip()
         if not self.tasks.create_session(uuid, fields):
@@ -249,6 +246,26 @@ class Node:
             raise InvalidRequest("Task cannot be restarted")
         self.store.delete_prefix(results_prefix(uuid))
         self._enqueue(uuid, run_id, queue)
+
+
+# dateCreated is milliseconds since 1970; past year 9999 no date can be shown (and task names are dates)
+MAX_DATE_CREATED = 253402300799999
+
+
+def parse_date_created(raw: Any) -> int:
+    """A client's dateCreated as int milliseconds; refused (not clamped: a wrong date would be shown as if
+    it were right) when it is not a number or not between 1970 and the end of year 9999."""
+    shown = str(raw)[:40]
+    try:
+        number = float(str(raw).strip())
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"Invalid dateCreated: {shown} (not a number)", no_retry=True) from None
+    if not (0 <= number <= MAX_DATE_CREATED):  # also false for NaN
+        raise InvalidRequest(
+            f"Invalid dateCreated: {shown} (expected milliseconds since 1970, at most {MAX_DATE_CREATED})",
+            no_retry=True,
+        )
+    return int(number)
 
 
 def _looks_like_uuid(value: str) -> bool:

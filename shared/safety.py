@@ -50,17 +50,43 @@ class UnsafeUrl(UnsafeInput):
 # --- file names ---------------------------------------------------------------------------------
 
 
-def safe_filename(name: str) -> str:
-    """The plain file name to store `name` under: last path component, no control characters.
+# Characters dropped from file names: controls (C0, DEL, C1), format characters (bidirectional overrides
+# and isolates, zero-width characters, BOM, soft hyphen), surrogates, private use, unassigned code points,
+# and line/paragraph separators. They make a name read as something else ("evil\u202egpj.exe" shows as
+# "evilexe.jpg"), or break terminals, logs and zip listings.
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
-    Clients send paths ("C:\\photos\\a.jpg", "dir/a.jpg"); only the last component is kept. Names
-    starting with "." are refused: they are never images, and hidden files (".DS_Store", "._a.jpg"
+
+def _visible(text: str) -> str:
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category in _DROPPED_CATEGORIES:
+            continue
+        kept.append(" " if category == "Zs" else ch)  # no-break and other spaces read as a space
+    return "".join(kept)
+
+
+def safe_filename(name: str) -> str:
+    """The plain file name to store `name` under: last path component, only visible characters, NFC.
+
+    Clients send paths ("C:\\photos\\a.jpg", "dir/a.jpg"); only the last component is kept. Control,
+    format (bidi override, zero-width) and other invisible characters are dropped, and the name is put in
+    one Unicode spelling (NFC), so the stored name is what anyone reading it sees; the original is not kept
+    anywhere. A name whose part before the extension was only invisible characters becomes "_<ext>".
+    Two names with the same safe form are one file: the later replaces the earlier, as a retried file does.
+    The result is stable: safe_filename(safe_filename(x)) == safe_filename(x).
+
+    Names starting with "." are refused: they are never images, and hidden files (".DS_Store", "._a.jpg"
     AppleDouble junk) would be fed to the engine as if they were.
     """
     if not isinstance(name, str):
         raise InvalidFileName("A file name is required.")
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if unicodedata.category(ch) != "Cc").strip()
+    raw = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = unicodedata.normalize("NFC", _visible(raw)).strip()
+    raw_stripped = raw.strip()
+    if base.startswith(".") and not raw_stripped.startswith(".") and base not in (".", ".."):
+        base = "_" + base  # the name was invisible characters and an extension
     if base in ("", ".", ".."):
         raise InvalidFileName(f"Invalid file name {name!r}: it has no usable name part.")
     if base.startswith("."):
@@ -238,6 +264,8 @@ def normalize_outputs(raw: str | list | None) -> list[str] | None:
             return None
         try:
             raw = json.loads(raw)
+        except RecursionError:
+            raise UnsafeInput("Invalid outputs: nested too deeply.") from None
         except ValueError as exc:
             raise UnsafeInput(f"Invalid outputs: not valid JSON ({exc}).") from None
         if raw is None:

@@ -145,6 +145,17 @@ class Settings:
     )
     max_upload_mb: int = _setting(0, int, help="largest single upload request in MB; 0 = unlimited")
     zip_max_bytes: int = _setting(0, int, help="largest zipurl download in bytes; 0 = unlimited")
+    max_files_per_request: int | None = _setting(
+        1000, _optional_int, help="file parts in one upload request; 0 = unlimited"
+    )
+    archive_max_mb: int | None = _setting(
+        None,
+        _optional_int,
+        help="MB a task's archives (seed.zip, zips, zipurl) may expand to; 0 = free scratch",
+    )
+    archive_max_entries: int = _setting(
+        100_000, _positive_int, help="entries in one of a task's archives (seed.zip, zips, zipurl)"
+    )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
     api_threads: int = _setting(16, _positive_int, help="threads per gunicorn worker")
 

@@ -144,6 +144,13 @@ def _flat_target(name: str, dest: Path, taken: set[str]) -> Path | None:
     return dest / candidate
 
 
+def size_text(size: int | None) -> str:
+    """A byte count as people set it: "1 MB" for whole megabytes, else bytes."""
+    if size is not None and size > 0 and size % (1024 * 1024) == 0:
+        return f"{size // (1024 * 1024)} MB"
+    return f"{size} bytes"
+
+
 def _copy_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int | None) -> int:
     written = 0
     with zf.open(info) as src, open(target, "wb") as dst:
@@ -183,7 +190,7 @@ def safe_extract(
         declared = sum(info.file_size for info in infos)
         if max_total_bytes is not None and declared > max_total_bytes:
             raise ArchiveTooLarge(
-                f"{label} expands to {declared} bytes; at most {max_total_bytes} are allowed."
+                f"{label} expands to {declared} bytes; at most {size_text(max_total_bytes)} are allowed."
             )
         dest.mkdir(parents=True, exist_ok=True)
         real_dest = dest.resolve()
@@ -219,7 +226,7 @@ def safe_extract(
                 total += _copy_entry(zf, info, target, budget)
             except ArchiveTooLarge:
                 target.unlink(missing_ok=True)
-                raise ArchiveTooLarge(f"{label} expands to more than {max_total_bytes} bytes.") from None
+                raise ArchiveTooLarge(f"{label} expands to more than {size_text(max_total_bytes)}.") from None
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
                 # bad CRC, truncated data, unsupported compression, encrypted entry
                 target.unlink(missing_ok=True)
@@ -275,6 +282,16 @@ def _input_flags(gcp_dir: Path) -> dict[str, Path]:
     return flags
 
 
+# Archives never expand into the last of the scratch disk: the engine and the results need room too.
+SCRATCH_RESERVE = 256 * 1024 * 1024
+
+
+def expansion_budget(project_dir: Path, max_total_bytes: int | None) -> int:
+    """Bytes a task's archives may expand to: the setting, and never more than the scratch disk has free."""
+    free = shutil.disk_usage(project_dir).free - SCRATCH_RESERVE
+    return max(0, free if max_total_bytes is None else min(max_total_bytes, free))
+
+
 def place_inputs(
     inputs_dir: Path,
     project_dir: Path,
@@ -286,12 +303,16 @@ def place_inputs(
 
     `seed.zip` is extracted into the project root (first, so uploaded files win) and removed; other zips
     contribute their images (flat, to images/) and their .txt/align files (to gcp/) and are removed;
-    loose .txt and align.las|laz|tif go to gcp/, everything else to images/. Limits apply per archive.
+    loose .txt and align.las|laz|tif go to gcp/, everything else to images/. `max_files` applies to each
+    archive; `max_total_bytes` (capped by the free scratch space) to all of a task's archives together.
+    ArchiveTooLarge stops at the limit: what was extracted so far is the caller's scratch to remove.
     """
     images_dir = project_dir / "images"
     gcp_dir = project_dir / "gcp"
     images_dir.mkdir(parents=True, exist_ok=True)
     gcp_dir.mkdir(parents=True, exist_ok=True)
+    budget = expansion_budget(project_dir, max_total_bytes)
+    disk_bound = max_total_bytes is None or budget < max_total_bytes
 
     files = []
     for path in sorted(p for p in inputs_dir.iterdir() if p.is_file()):
@@ -306,15 +327,30 @@ def place_inputs(
     archives = [p for p in files if p.suffix.lower() == ".zip" and p not in seeds]
     loose = [p for p in files if p.suffix.lower() != ".zip"]
 
+    def extract(archive: Path, dest: Path, flat: bool) -> list[Path]:
+        nonlocal budget
+        try:
+            written = safe_extract(archive, dest, flat=flat, max_files=max_files, max_total_bytes=budget)
+        except ArchiveTooLarge as exc:
+            if disk_bound and "entries" not in str(exc):
+                raise ArchiveTooLarge(
+                    f"{archive.name} does not fit in the worker's free scratch space."
+                ) from None
+            if max_total_bytes is not None and budget < max_total_bytes:  # earlier archives used a part
+                raise ArchiveTooLarge(
+                    f"{exc} A task's archives may expand to at most {size_text(max_total_bytes)} together."
+                ) from None
+            raise
+        budget -= sum(path.stat().st_size for path in written)
+        return written
+
     for seed in seeds:
-        safe_extract(seed, project_dir, max_files=max_files, max_total_bytes=max_total_bytes)
+        extract(seed, project_dir, flat=False)
         seed.unlink()
     for archive in archives:
         staging = Path(tempfile.mkdtemp(prefix=".unzip-", dir=project_dir))
         try:
-            extracted = safe_extract(
-                archive, staging, flat=True, max_files=max_files, max_total_bytes=max_total_bytes
-            )
+            extracted = extract(archive, staging, flat=True)
             for path in extracted:
                 if _is_gcp_file(path.name):
                     _move(path, gcp_dir / path.name)

@@ -99,8 +99,16 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
 
     _fetch_inputs(rt, job, record, inputs, say)
     _check(job)
+    archive_mb = rt.settings.archive_max_mb
     try:
-        placed = files.place_inputs(inputs, project)
+        placed = files.place_inputs(
+            inputs,
+            project,
+            max_files=rt.settings.archive_max_entries,
+            max_total_bytes=archive_mb * 1024 * 1024 if archive_mb else None,
+        )
+    except files.ArchiveTooLarge as exc:
+        raise Failed(f"Archive too large: {exc}") from None
     except files.BrokenArchive as exc:
         raise Failed(f"Invalid archive: {exc}") from None
     limit = rt.settings.max_images

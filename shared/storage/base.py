@@ -49,10 +49,18 @@ def check_prefix(prefix: str) -> str:
 
 
 class ObjectWriter(abc.ABC):
-    """A streamed upload: write() any number of times, then commit() (visible) or abort() (nothing)."""
+    """A streamed upload: write() any number of times, then commit() (visible) or abort() (nothing).
+
+    finish() says that all the bytes were written: the writer gives back what it held open while
+    writing (a file, a spool on disk) and keeps only what commit() or abort() needs, so a request that
+    streams many parts before committing them all holds no open file per part.
+    """
 
     @abc.abstractmethod
     def write(self, data: bytes) -> int: ...
+
+    def finish(self) -> None:  # noqa: B027 - a no-op for writers that hold nothing open
+        """No more writes; release open files. commit() or abort() still follows."""
 
     @abc.abstractmethod
     def commit(self) -> int:

@@ -36,23 +36,35 @@ class _LocalWriter(ObjectWriter):
         self._path = path
         self._file, self._temp = _open_temp(path.parent)
         self._size = 0
-        self._closed = False
+        self._finished = False  # the temp file is complete and closed
+        self._closed = False  # committed or aborted
 
     def write(self, data: bytes) -> int:
-        if self._closed:
+        if self._finished or self._closed:
             raise ValueError("write to a finished object writer")
         self._file.write(data)
         self._size += len(data)
         return len(data)
 
-    def commit(self) -> int:
-        if self._closed:
-            raise ValueError("commit of a finished object writer")
-        self._closed = True
+    def finish(self) -> None:
+        if self._finished or self._closed:
+            return
+        self._finished = True
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+        except OSError as exc:
+            self._closed = True
+            self._discard()
+            raise StorageError(f"cannot store {self._path}: {exc}") from exc
+
+    def commit(self) -> int:
+        if self._closed:
+            raise ValueError("commit of a finished object writer")
+        self.finish()
+        self._closed = True
+        try:
             os.replace(self._temp, self._path)
         except OSError as exc:
             self._discard()

@@ -100,6 +100,7 @@ class _S3Writer(ObjectWriter):
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._size = 0
+        self._finished = False
         self._closed = False
 
     def _part_size(self) -> int:
@@ -107,7 +108,7 @@ class _S3Writer(ObjectWriter):
         return PART_SIZE * (1 + len(self._parts) // 1000)
 
     def write(self, data: bytes) -> int:
-        if self._closed:
+        if self._closed or self._finished:
             raise ValueError("write to a finished object writer")
         view = memoryview(data)
         while view:
@@ -154,6 +155,18 @@ class _S3Writer(ObjectWriter):
             self.abort()
             raise
 
+    def finish(self) -> None:
+        """A small object stays in memory (the spool holds no file below SPOOL_MEMORY) for one PUT at
+        commit; a bigger one sends its last part now and closes the spool, so no file stays open."""
+        if self._closed or self._finished:
+            return
+        self._finished = True
+        if self._upload_id is None and self._spooled <= SPOOL_MEMORY:
+            return
+        if self._spooled or not self._parts:
+            self._send_part()
+        self._spool.close()
+
     def commit(self) -> int:
         if self._closed:
             raise ValueError("commit of a finished object writer")
@@ -170,7 +183,7 @@ class _S3Writer(ObjectWriter):
                         **store._put_args(),
                     )
             else:
-                if self._spooled or not self._parts:
+                if not self._finished and (self._spooled or not self._parts):
                     self._send_part()
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.complete_multipart_upload(

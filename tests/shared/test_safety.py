@@ -213,3 +213,46 @@ def test_walk_inside_never_leaves_the_root(tmp_path: Path) -> None:
     assert list(walk_inside(root, root / "escape")) == []
     assert list(walk_inside(root, root / "missing")) == []
     assert list(walk_inside(root, root / "other.txt")) == [root / "other.txt"]
+
+
+# Invisible and direction-changing characters: a name must read as what it is ("evil\u202egpj.exe" shows as
+# "evilexe.jpg" in a browser or a terminal).
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("evil\u202egpj.exe", "evilgpj.exe"),  # right-to-left override
+        ("a\u202db\u202c.jpg", "ab.jpg"),  # left-to-right override and pop
+        ("\u2066img\u2069\u2067.jpg", "img.jpg"),  # isolates
+        ("im\u200bg\u200c1\u200d.jpg", "img1.jpg"),  # zero-width space, non-joiner, joiner
+        ("\ufeffbom.jpg", "bom.jpg"),
+        ("\u200e\u200fmarks.jpg", "marks.jpg"),
+        ("soft\u00adhyphen.jpg", "softhyphen.jpg"),
+        ("tab\there\x7f\x1b[31m.jpg", "tabhere[31m.jpg"),  # C0, DEL and an ANSI escape
+        ("c1\x85\x9b.jpg", "c1.jpg"),  # C1 controls
+        ("line\u2028para\u2029.jpg", "linepara.jpg"),
+        ("nb\u00a0space.jpg", "nb space.jpg"),  # other spaces become a plain space
+        ("e\u0301t\u00e9.jpg", "\u00e9t\u00e9.jpg"),  # one spelling (NFC) for one name
+        ("\u202e.jpg", "_.jpg"),  # a name of invisible characters keeps its extension
+        ("\u200b\u200b.JPG", "_.JPG"),
+    ],
+)
+def test_safe_filename_drops_control_bidi_and_invisible_characters(raw: str, expected: str) -> None:
+    assert safe_filename(raw) == expected
+    assert safe_filename(expected) == expected  # the stored form is stable: a retry maps to the same name
+
+
+@pytest.mark.parametrize("raw", ["\u202e", "\u200b\u200c", "\x1b", "\u2066\u2069"])
+def test_safe_filename_refuses_names_of_only_invisible_characters(raw: str) -> None:
+    with pytest.raises(InvalidFileName, match="file name"):
+        safe_filename(raw)
+
+
+def test_safe_filename_leaves_no_format_or_control_character() -> None:
+    import unicodedata
+
+    every = "".join(chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp"))
+    name = safe_filename("x" + every[:200] + "y.jpg")
+    assert name == "xy.jpg"
+    for start in range(0, len(every), 100):
+        chunk = every[start : start + 100]
+        assert safe_filename("p" + chunk + ".jpg") == "p.jpg"
