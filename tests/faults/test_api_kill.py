@@ -30,7 +30,9 @@ def test_api_killed_mid_upload(module_farms: Any, tmp_path: Path) -> None:
 
     def upload() -> None:
         try:
-            result["task"] = farm.node().create_task(images, parallel_uploads=4, max_retries=10, retry_timeout=1)
+            result["task"] = farm.node().create_task(
+                images, parallel_uploads=4, max_retries=10, retry_timeout=1
+            )
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             result["error"] = exc
 
@@ -66,6 +68,8 @@ def test_api_killed_mid_upload(module_farms: Any, tmp_path: Path) -> None:
     assert keys == names, "stored inputs are not exactly the uploaded images"
     for path in images:
         stored = storage_dir(farm) / task.uuid / "inputs" / Path(path).name
-        assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(Path(path).read_bytes()).digest()
+        assert (
+            hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(Path(path).read_bytes()).digest()
+        )
     partial = [p.name for p in (storage_dir(farm) / task.uuid / "inputs").iterdir() if p.name not in names]
     print(f"partial uploads left by the killed API: {partial}")
