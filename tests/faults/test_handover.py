@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.helpers import make_images, slow_image, wait_status
 from tests.support.farm import Farm
 from tests.support.faults import (
+    Claim,
     Timeline,
     engine_processes,
     seeded_rng,
@@ -29,6 +30,7 @@ from tests.support.faults import (
 )
 
 ROUNDS = 3
+RESTART_ROUNDS = 5
 LIMIT = 5.0
 
 
@@ -51,39 +53,53 @@ def test_sigterm_hands_the_running_task_over(farm: Farm, tmp_path: Path) -> None
         victim = worker_process(farm, first.worker)
         sent = timeline.mark(f"round {i}: SIGTERM to {first.worker}")
         victim.proc.send_signal(signal.SIGTERM)
-        second = wait_claim(farm, task.uuid, exclude=[first.run_id], timeout=90)
-        waits.append(second.at - sent)
-        timeline.mark(f"round {i}: run {second.run_id} claimed by {second.worker}")
+        second = _claim_or_none(farm, task.uuid, first.run_id)
+        waits.append(second.at - sent if second else float("inf"))
+        timeline.mark(f"round {i}: next run claimed by {second.worker if second else 'nobody'}")
         victim.proc.wait(10)
         assert wait_gone(engines, 2.0) == [], "the stopping worker's engine must be gone"
-        info = wait_status(farm, task.uuid, (30, 40, 50), timeout=60)
-        timeline.mark(f"round {i}: status {info['status']}")
-        assert info["status"]["code"] == 40, info
-        assert second.worker != first.worker
-        attempts.append(farm.redis.hget(f"odmfarm:task:{task.uuid}", "attempt"))
+        if second is None:  # stuck (the reaper would resend it only after minutes): leave it, go on
+            farm.post("/task/remove", data={"uuid": task.uuid})
+        else:
+            info = wait_status(farm, task.uuid, (30, 40, 50), timeout=60)
+            timeline.mark(f"round {i}: status {info['status']}")
+            assert info["status"]["code"] == 40, info
+            assert second.worker != first.worker
+            attempts.append(farm.redis.hget(f"odmfarm:task:{task.uuid}", "attempt"))
         farm.start_worker(first.worker)
     print(timeline)
     assert max(waits) <= LIMIT, f"hand-over took {[round(w, 2) for w in waits]} s (limit {LIMIT} s)"
     # three stops of workers (a deploy, Ctrl-C on odm-farm up) must not fail a task: not a lost attempt
-    assert attempts == ["1"] * ROUNDS, f"attempt counters after hand-overs: {attempts}"
+    assert attempts == ["1"] * len(attempts), f"attempt counters after hand-overs: {attempts}"
 
 
 def test_restart_right_after_cancel_starts_at_once(farm: Farm, tmp_path: Path) -> None:
     timeline = Timeline()
     waits = []
-    for i in range(ROUNDS):
-        task = farm.node().create_task(make_images(tmp_path / str(i), 2) + [slow_image(tmp_path / str(i), 3)])
+    for i in range(RESTART_ROUNDS):
+        task = farm.node().create_task(make_images(tmp_path / str(i), 2) + [slow_image(tmp_path / str(i), 2)])
         first = wait_claim(farm, task.uuid)
         wait_phase(farm, first, task.uuid, "engine")
         sent = timeline.mark(f"round {i}: cancel and restart")
         assert farm.post("/task/cancel", data={"uuid": task.uuid}).json() == {"success": True}
         assert farm.post("/task/restart", data={"uuid": task.uuid}).json() == {"success": True}
-        second = wait_claim(farm, task.uuid, exclude=[first.run_id], timeout=90)
-        waits.append(second.at - sent)
-        timeline.mark(f"round {i}: run {second.run_id} claimed by {second.worker}")
+        second = _claim_or_none(farm, task.uuid, first.run_id)
+        waits.append(second.at - sent if second else float("inf"))
+        timeline.mark(f"round {i}: next run claimed by {second.worker if second else 'nobody'}")
+        if second is None:  # stuck (the reaper would resend it only after minutes): leave it, go on
+            farm.post("/task/remove", data={"uuid": task.uuid})
+            continue
         info = wait_status(farm, task.uuid, (30, 40, 50), timeout=60)
         assert info["status"]["code"] == 40, info
     print(timeline)
     assert max(waits) <= LIMIT, (
         f"restart after cancel took {[round(w, 2) for w in waits]} s (limit {LIMIT} s)"
     )
+
+
+def _claim_or_none(farm: Farm, uuid: str, old_run: str) -> Claim | None:
+    """The next run's claim, or None when none came within 3 times the limit (the test fails, quicker)."""
+    try:
+        return wait_claim(farm, uuid, exclude=[old_run], timeout=3 * LIMIT)
+    except AssertionError:
+        return None

@@ -27,7 +27,7 @@ from tests.support.faults import (
     wait_phase,
 )
 
-TARGETS = ("fetch", "engine", "zip", "store", "engine")
+TARGETS = ("fetch", "engine", "zip", "store")
 
 
 def test_worker_killed_at_random_moments_loses_nothing(module_farms: Any, tmp_path: Path) -> None:
