@@ -24,6 +24,7 @@ from typing import Any
 import bench_api_latency
 import bench_commit_to_complete
 import bench_download
+import bench_faults
 import bench_upload
 from harness import RESULTS, ROOT, fmt, machine, print_result
 
@@ -54,6 +55,15 @@ HEADLINES = {
         "s3_streamed_api_rss_growth_mb",
     ],
     "commit_to_complete": ["commit_to_completed_p50_ms", "processing_time_p50_ms", "dispatch_p50_ms"],
+    "faults": [
+        "tasks_completed",
+        "tasks_failed",
+        "tasks_run_twice_at_once",
+        "takeover_median_s",
+        "takeover_worst_s",
+        "redis_answers_5xx",
+        "redis_recover_s",
+    ],
 }
 
 
@@ -65,6 +75,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "upload_s3": lambda: bench_upload.run("s3", 20, 5),
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
+            "faults": lambda: bench_faults.run(3, redis_outage=3),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
@@ -72,6 +83,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "upload_s3": lambda: bench_upload.run("s3", 200, 5),
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
+        "faults": lambda: bench_faults.run(20),
     }
 
 
