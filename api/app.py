@@ -32,14 +32,14 @@ PUBLIC_ENDPOINTS = {
     "info.auth_info",
     "info.auth_login",
     "info.auth_register",
-    "static",
+    "info.swagger",
     "web.index",
 }
 
 # Routes outside the NodeODM surface: during an outage they answer 503 at once, as operators expect.
 # Every other route is held while Redis restarts and then dropped, never answered with a 5xx (clients
 # fail a task on a 5xx but retry a dropped connection).
-OPERATOR_ENDPOINTS = {"info.health", "info.metrics", "info.workers", "web.index", "static"}
+OPERATOR_ENDPOINTS = {"info.health", "info.metrics", "info.workers", "info.swagger", "web.index"}
 OPERATOR_HOLD_SECONDS = 1.0  # enough to replace a pooled connection that a Redis restart broke
 
 _DROP = "odm_farm.drop"
@@ -53,7 +53,7 @@ DEPENDENCY_ERRORS = (
 
 def create_app(settings: Settings | None = None, *, check_store: bool = True) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: every route is in api/openapi.py
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = (
         settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
