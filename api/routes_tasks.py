@@ -123,9 +123,14 @@ def _body() -> dict[str, str]:
     return fields
 
 
+# no console is this long; Redis refuses list indexes beyond 64 bits, so larger numbers are clamped
+_LINE_LIMIT = 2**62
+
+
 def _int_arg(name: str) -> int:
     raw = request.args.get(name, "0") or "0"
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidRequest(f"Invalid {name}: {raw}") from None
+    return max(-_LINE_LIMIT, min(_LINE_LIMIT, value))
