@@ -14,6 +14,7 @@ import kombu.exceptions
 import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from api.uploads import MAX_FIELD_MEMORY
 from shared.errors import FarmError, Unauthorized
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     node = Node(settings, tasks, store, celery)
     app.extensions["node"] = node
     app.wsgi_app = HoldDuringOutage(app.wsgi_app)  # type: ignore[method-assign]
+
+    # a path segment may hold any character, a newline too: the route then answers in the NodeODM form
+    app.url_map.converters["path"] = AnyPathConverter
 
     from api import routes_info, routes_new, routes_tasks, web
 
@@ -171,6 +175,12 @@ def node() -> Node:
     from flask import current_app
 
     return current_app.extensions["node"]
+
+
+class AnyPathConverter(PathConverter):
+    """werkzeug's `path` converter, matching newlines as well (its `.` does not)."""
+
+    regex = "[^/][\\s\\S]*?"
 
 
 class _Dropped(Exception):

@@ -144,3 +144,12 @@ def test_line_numbers_beyond_64_bits_are_answered_not_a_500(farm: Farm) -> None:
         assert response.status_code == 200 and response.json() == expected, (value, response.text[:300])
         info = farm.get(f"/task/{uuid}/info", params={"with_output": value})
         assert info.status_code == 200 and info.json()["output"] == expected, (value, info.text[:300])
+
+
+def test_an_asset_name_with_a_newline_gets_the_nodeodm_error_not_a_404(farm: Farm) -> None:
+    """Found by the pass: Flask's path converter does not match a newline, so the route answered 404."""
+    files = [("images", ("a.jpg", b"\xff\xd8\xff\xe0" + os.urandom(2000)))]
+    uuid = farm.post("/task/new", files=files).json()["uuid"]
+    for asset in ("all.zip%0A", "a%0Ab/c", "%0A"):
+        response = requests.get(f"{farm.url}/task/{uuid}/download/{asset}", params={"token": farm.token}, timeout=30)
+        assert response.status_code == 200 and response.json() == {"error": "Invalid asset"}, response.text[:300]
