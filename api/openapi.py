@@ -522,6 +522,26 @@ def _download_responses() -> dict[str, Any]:
     }
 
 
+# gunicorn refuses these before the app sees them (no client of the NodeODM API sends such requests)
+HTTP_SERVER_ERRORS = {
+    "400": "malformed HTTP",
+    "414": "request line (path and query) over 4094 bytes",
+    "431": "a header over 8190 bytes, or over 100 headers",
+}
+
+
+def _with_server_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters":
+                for code, why in HTTP_SERVER_ERRORS.items():
+                    operation["responses"].setdefault(
+                        code, {"description": f"{why} (refused by gunicorn)", "content": html}
+                    )
+    return paths
+
+
 def openapi(version: str) -> dict[str, Any]:
     """The whole description; `version` is the node's NodeODM API version."""
     return {
@@ -534,6 +554,6 @@ def openapi(version: str) -> dict[str, Any]:
             'are HTTP 200 with {"error": ...}.',
         },
         "security": [{"token": []}],
-        "paths": _paths(),
+        "paths": _with_server_errors(_paths()),
         "components": COMPONENTS,
     }
