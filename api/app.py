@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hmac
 import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import kombu.exceptions
 import redis
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from api.uploads import MAX_FIELD_MEMORY
 from shared.errors import FarmError, Unauthorized
 from shared.node import Node
+from shared.outage import HOLD_SECONDS, current_hold, hold_scope
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.storage import ObjectNotFound, StorageError, make_store
@@ -25,14 +33,28 @@ PUBLIC_ENDPOINTS = {
     "info.auth_info",
     "info.auth_login",
     "info.auth_register",
-    "static",
+    "info.swagger",
     "web.index",
 }
+
+# Routes outside the NodeODM surface: during an outage they answer 503 at once, as operators expect.
+# Every other route is held while Redis restarts and then dropped, never answered with a 5xx (clients
+# fail a task on a 5xx but retry a dropped connection).
+OPERATOR_ENDPOINTS = {"info.health", "info.metrics", "info.workers", "info.swagger", "web.index"}
+OPERATOR_HOLD_SECONDS = 1.0  # enough to replace a pooled connection that a Redis restart broke
+
+_DROP = "odm_farm.drop"
+DEPENDENCY_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    StorageError,
+)
 
 
 def create_app(settings: Settings | None = None, *, check_store: bool = True) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: every route is in api/openapi.py
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = (
         settings.max_upload_mb * 1024 * 1024 if settings.max_upload_mb else None
@@ -46,8 +68,20 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     store = make_store(settings)
     if check_store:
         store.check()
-    node = Node(settings, tasks, store, make_celery(settings))
+    celery = make_celery(settings)
+    # publishing a task after commit: ride out a Redis restart like the other commands (~15 s), not 0.6 s
+    celery.conf.task_publish_retry_policy = {
+        "max_retries": 30,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
+    node = Node(settings, tasks, store, celery)
     app.extensions["node"] = node
+    app.wsgi_app = HoldDuringOutage(app.wsgi_app)  # type: ignore[method-assign]
+
+    # a path segment may hold any character, a newline too: the route then answers in the NodeODM form
+    app.url_map.converters["path"] = AnyPathConverter
 
     from api import routes_info, routes_new, routes_tasks, web
 
@@ -55,6 +89,12 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     app.register_blueprint(routes_new.bp)
     app.register_blueprint(routes_tasks.bp)
     app.register_blueprint(web.bp)
+
+    @app.before_request
+    def operators_fail_fast():
+        hold = current_hold()
+        if hold is not None and request.endpoint in OPERATOR_ENDPOINTS:
+            hold.seconds = OPERATOR_HOLD_SECONDS
 
     @app.before_request
     def check_token():
@@ -92,8 +132,19 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
 
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(kombu.exceptions.OperationalError)
     @app.errorhandler(StorageError)
     def unavailable(exc: Exception):
+        if request.endpoint not in OPERATOR_ENDPOINTS:
+            log.warning(
+                "%s %s: dependency unavailable (%s: %s), dropping the connection so that the client retries",
+                request.method,
+                request.path,
+                type(exc).__name__,
+                exc,
+            )
+            request.environ[_DROP] = True
+            return Response(status=200)  # never sent: HoldDuringOutage drops the connection instead
         log.error("dependency unavailable: %s", exc)
         response = jsonify({"error": f"Service temporarily unavailable, try again: {type(exc).__name__}"})
         response.status_code = 503
@@ -124,3 +175,50 @@ def node() -> Node:
     from flask import current_app
 
     return current_app.extensions["node"]
+
+
+class AnyPathConverter(PathConverter):
+    """werkzeug's `path` converter, matching newlines as well (its `.` does not)."""
+
+    regex = "[^/][\\s\\S]*?"
+
+
+class _Dropped(Exception):
+    pass
+
+
+class HoldDuringOutage:
+    """WSGI middleware: one Redis hold budget per request, and a dropped connection instead of a 5xx.
+
+    The error handler marks a NodeODM request whose dependency stayed down past the budget; its response is
+    never started. The client's socket is shut down (gunicorn gthread exposes it as `gunicorn.socket`), and a
+    BrokenPipeError tells gunicorn the client is gone, which it ignores quietly: no traceback, no 500, no
+    access-log line.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], hold_seconds: float = HOLD_SECONDS) -> None:
+        self.app = app
+        self.hold_seconds = hold_seconds
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if environ.get(_DROP):
+                raise _Dropped()
+            return start_response(status, headers, exc_info)
+
+        with hold_scope(self.hold_seconds):
+            try:
+                return self.app(environ, start)
+            except _Dropped:
+                drop_connection(environ.get("gunicorn.socket"))
+                raise BrokenPipeError(
+                    errno.EPIPE, "connection dropped: a dependency is unavailable"
+                ) from None
+
+
+def drop_connection(sock: socket.socket | None) -> None:
+    """Close the client's connection without an answer (a reset when it still had a body to send)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # the client may have left first
+        sock.shutdown(socket.SHUT_RDWR)

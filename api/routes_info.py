@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from api.app import node
+from api.openapi import openapi
 from shared import outbox
+from shared.node import API_VERSION
 from shared.taskstore import Keys
 
 bp = Blueprint("info", __name__)
@@ -88,3 +90,9 @@ def metrics():
     for name, (value, help_text) in values.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+@bp.get("/swagger.json")
+def swagger():
+    """The OpenAPI description of every route (api/openapi.py); the reference node serves one here too."""
+    return jsonify(openapi(API_VERSION))

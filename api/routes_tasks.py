@@ -123,11 +123,14 @@ def _body() -> dict[str, str]:
     return fields
 
 
+# no console is this long; Redis refuses list indexes beyond 64 bits, so larger numbers are clamped
+_LINE_LIMIT = 2**62
+
+
 def _int_arg(name: str) -> int:
     raw = request.args.get(name, "0") or "0"
     try:
-        number = int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidRequest(f"Invalid {name}: {raw[:40]}") from None
-    # a line index past any list means "nothing" (or "everything"); Redis refuses numbers over 64 bits
-    return max(-(2**62), min(number, 2**62))
+    return max(-_LINE_LIMIT, min(_LINE_LIMIT, value))

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from shared.errors import InvalidRequest, TaskNotFound
 from shared.models import TRANSITIONS, TaskStatus, default_task_name
+from shared.outage import HOLD_SECONDS, RETRIED_ERRORS, OutageRetry
 
 NS = "odmfarm"
 
@@ -139,10 +138,10 @@ class TaskStore:
         self._live = client.register_script(_LIVE)
 
     @classmethod
-    def from_url(cls, url: str) -> TaskStore:
-        # a Redis restart (seconds) should be a slow answer, not an error: clients retry timeouts, but
-        # WebODM fails a task on a 5xx
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+    def from_url(cls, url: str, hold_seconds: float = HOLD_SECONDS) -> TaskStore:
+        # a Redis restart should be a slow answer, not an error: clients retry timeouts and dropped
+        # connections, but WebODM fails a task on a 5xx. Commands are retried for up to HOLD_SECONDS
+        # (shared/outage.py), a budget the API shares between all commands of one request.
         return cls(
             redis.Redis.from_url(
                 url,
@@ -150,8 +149,8 @@ class TaskStore:
                 health_check_interval=30,
                 socket_keepalive=True,
                 socket_connect_timeout=5,
-                retry=retry,
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                retry=OutageRetry(hold_seconds),
+                retry_on_error=list(RETRIED_ERRORS),
             )
         )
 

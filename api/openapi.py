@@ -1,0 +1,559 @@
+"""The OpenAPI 3 description of the whole API, served at /swagger.json (hand-written: it is the contract).
+
+NodeODM clients read errors from HTTP 200 answers ({"error": ...}), so most 200 responses are "the
+result, or the NodeODM error form". tests/api/test_openapi.py checks that every Flask route is described
+here, and a schemathesis pass (tests/e2e/test_openapi_fuzz.py) checks the live farm against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+URLENCODED = "application/x-www-form-urlencoded"
+SCHEMAS = "#/components/schemas/"
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": SCHEMAS + name}
+
+
+def json_200(description: str, schema: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
+    """HTTP 200 with a JSON body: `schema`, or (on NodeODM routes) the NodeODM error form."""
+    body = {"anyOf": [schema, ref("Error")]} if errors else schema
+    return {"200": {"description": description, "content": {JSON: {"schema": body}}}}
+
+
+def uuid_path(description: str = "the task's uuid") -> dict[str, Any]:
+    # any text: an unknown or malformed uuid is answered with {"error": "<uuid> not found"}
+    return {
+        "name": "uuid",
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def form_body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """A body that arrives urlencoded (PyODM, CloudODM), multipart (ClusterODM) or as JSON (custom clients)."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {
+        "required": False,
+        "content": {URLENCODED: {"schema": schema}, MULTIPART: {"schema": schema}, JSON: {"schema": schema}},
+    }
+
+
+INIT_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "description": "a name for the task (default: `Task of <date>`)"},
+    "options": {
+        "type": "string",
+        "description": 'ODM options as JSON text: `[{"name": "dsm", "value": true}]` (see /options)',
+    },
+    "skipPostProcessing": {"type": "string", "description": '"true" skips point cloud tiles, COGs and glTF'},
+    "webhook": {
+        "type": "string",
+        "description": "a URL that gets a POST of the task info when the task ends",
+    },
+    "outputs": {"type": "string", "description": "JSON list of project-relative paths all.zip should hold"},
+    "dateCreated": {"type": "string", "description": "creation time, milliseconds since the epoch"},
+}
+SET_UUID = {
+    "name": "set-uuid",
+    "in": "header",
+    "required": False,
+    "description": "the uuid the new task gets (must be a UUID not used yet)",
+    "schema": {"type": "string"},
+}
+IMAGES = {
+    "type": "array",
+    "items": {"type": "string", "format": "binary"},
+    "description": "image files (and GCP, geo, seed.zip)",
+}
+
+COMPONENTS: dict[str, Any] = {
+    "securitySchemes": {
+        "token": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": "the node's token (ODM_FARM_TOKEN)",
+        }
+    },
+    "schemas": {
+        "Error": {
+            "type": "object",
+            "description": "The NodeODM error form, at HTTP 200. Commands add success: false; noRetry: "
+            "true means sending the same request again can never succeed.",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string"},
+                "success": {"type": "boolean", "enum": [False]},
+                "noRetry": {"type": "boolean", "enum": [True]},
+            },
+            "additionalProperties": False,
+        },
+        "Success": {
+            "type": "object",
+            "required": ["success"],
+            "properties": {"success": {"type": "boolean", "enum": [True]}},
+            "additionalProperties": False,
+        },
+        "Uuid": {
+            "type": "object",
+            "required": ["uuid"],
+            "properties": {"uuid": {"type": "string", "format": "uuid"}},
+            "additionalProperties": False,
+        },
+        "Info": {
+            "type": "object",
+            "required": [
+                "version",
+                "taskQueueCount",
+                "totalMemory",
+                "availableMemory",
+                "cpuCores",
+                "maxImages",
+                "maxParallelTasks",
+                "engineVersion",
+                "engine",
+            ],  # fmt: skip
+            "properties": {
+                "version": {"type": "string", "description": "the NodeODM API version"},
+                "taskQueueCount": {"type": "integer", "minimum": 0, "description": "tasks queued or running"},
+                "totalMemory": {"type": "integer", "minimum": 0},
+                "availableMemory": {"type": "integer", "minimum": 0},
+                "cpuCores": {"type": "integer", "minimum": 0},
+                "maxImages": {"type": "integer", "nullable": True, "description": "null when unlimited"},
+                "maxParallelTasks": {"type": "integer", "minimum": 0},
+                "engineVersion": {"type": "string"},
+                "engine": {"type": "string"},
+                "workers": {"type": "integer", "minimum": 0, "description": "live workers (an extension)"},
+            },
+        },
+        "Option": {
+            "type": "object",
+            "required": ["name", "type", "value", "domain", "help"],
+            "properties": {
+                "name": {"type": "string"},
+                "type": {"type": "string", "enum": ["int", "float", "string", "bool", "enum"]},
+                "value": {"type": "string"},
+                "domain": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "help": {"type": "string"},
+            },
+            "additionalProperties": False,  # PyODM builds NodeOption(**o): any other key crashes it
+        },
+        "TaskInfo": {
+            "type": "object",
+            "required": [
+                "uuid",
+                "name",
+                "dateCreated",
+                "processingTime",
+                "status",
+                "options",
+                "imagesCount",
+                "progress",
+            ],
+            "properties": {
+                "uuid": {"type": "string"},
+                "name": {"type": "string"},
+                "dateCreated": {"type": "integer"},
+                "processingTime": {"type": "integer", "minimum": -1, "description": "ms; -1 before start"},
+                "status": {
+                    "type": "object",
+                    "required": ["code"],
+                    "properties": {
+                        "code": {
+                            "type": "integer",
+                            "enum": [10, 20, 30, 40, 50],
+                            "description": "10 QUEUED, 20 RUNNING, 30 FAILED, 40 COMPLETED, 50 CANCELED",
+                        },
+                        "errorMessage": {"type": "string"},
+                    },
+                },
+                "options": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "value"],
+                        "properties": {"name": {"type": "string"}, "value": {}},
+                    },
+                },
+                "imagesCount": {"type": "integer", "minimum": 0},
+                "progress": {"type": "number", "minimum": 0, "maximum": 100},
+                "output": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "with ?with_output=N",
+                },
+            },
+        },
+    },
+}
+
+DOWNLOAD_HEADERS = {
+    "Accept-Ranges": {"schema": {"type": "string", "enum": ["bytes"]}},
+    "Content-Disposition": {"schema": {"type": "string"}},
+    "Content-Length": {"schema": {"type": "string"}},
+}
+BINARY = {"type": "string", "format": "binary"}
+
+
+def _paths() -> dict[str, Any]:
+    public: list[Any] = []  # no token needed
+    command_fields = {"uuid": {"type": "string"}}
+    command_query = [
+        {
+            "name": "uuid",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "instead of the body",
+        },
+    ]
+    return {
+        "/info": {
+            "get": {
+                "summary": "The node: API version, queue, capacity (summed over live workers), engine",
+                "parameters": [
+                    {
+                        "name": "_debugUnauthorized",
+                        "in": "query",
+                        "required": False,
+                        "description": "any value: a bare HTTP 401 (for client test suites)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    **json_200("the node", ref("Info")),
+                    "401": {"description": "asked by _debugUnauthorized"},
+                },
+            }
+        },
+        "/options": {
+            "get": {
+                "summary": "The ODM options every live engine accepts",
+                "responses": json_200("the options", {"type": "array", "items": ref("Option")}),
+            }
+        },
+        "/auth/info": {
+            "get": {
+                "summary": "How to authenticate (the node uses a token passed as ?token=)",
+                "security": public,
+                "responses": json_200(
+                    "authentication details",
+                    {
+                        "type": "object",
+                        "required": ["message", "loginUrl", "registerUrl"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "loginUrl": {"type": "string", "nullable": True},
+                            "registerUrl": {"type": "string", "nullable": True},
+                        },
+                    },
+                ),
+            }
+        },
+        "/auth/login": {
+            "post": {
+                "summary": "Not available on this node",
+                "security": public,
+                "requestBody": form_body({"username": {"type": "string"}, "password": {"type": "string"}}),
+                "responses": json_200("always the error form", ref("Error"), errors=False),
+            }
+        },
+        "/auth/register": {
+            "post": {
+                "summary": "Not available on this node",
+                "security": public,
+                "requestBody": form_body({"username": {"type": "string"}, "password": {"type": "string"}}),
+                "responses": json_200("always the error form", ref("Error"), errors=False),
+            }
+        },
+        "/task/new/init": {
+            "post": {
+                "summary": "Start an upload session (then upload, then commit)",
+                "parameters": [SET_UUID],
+                "requestBody": form_body(INIT_FIELDS),
+                "responses": json_200("the new task's uuid", ref("Uuid")),
+            }
+        },
+        "/task/new/upload/{uuid}": {
+            "post": {
+                "summary": "Add files to an upload session (a file sent again replaces the first copy)",
+                "parameters": [uuid_path("the upload session")],
+                "requestBody": {
+                    "required": True,
+                    "content": {MULTIPART: {"schema": {"type": "object", "properties": {"images": IMAGES}}}},
+                },
+                "responses": json_200("stored", ref("Success")),
+            }
+        },
+        "/task/new/commit/{uuid}": {
+            "post": {
+                "summary": "Turn an upload session into a task; answers at once, processing is asynchronous",
+                "parameters": [uuid_path("the upload session")],
+                "responses": json_200("the task's uuid", ref("Uuid")),
+            }
+        },
+        "/task/new": {
+            "post": {
+                "summary": "Create a task in one request: files, or a zipurl the node downloads",
+                "parameters": [SET_UUID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        MULTIPART: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    **INIT_FIELDS,
+                                    "images": IMAGES,
+                                    "zipurl": {"type": "string", "description": "a URL of a zip of images"},
+                                },
+                            }
+                        },
+                        URLENCODED: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {**INIT_FIELDS, "zipurl": {"type": "string"}},
+                            }
+                        },
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {**INIT_FIELDS, "zipurl": {"type": "string"}},
+                            }
+                        },
+                    },
+                },
+                "responses": json_200("the task's uuid", ref("Uuid")),
+            }
+        },
+        "/task/list": {
+            "get": {
+                "summary": "Every task, in creation order",
+                "responses": json_200(
+                    "the tasks",
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["uuid"],
+                            "properties": {"uuid": {"type": "string"}},
+                        },
+                    },
+                ),
+            }
+        },
+        "/task/{uuid}/info": {
+            "get": {
+                "summary": "A task's state, options and progress",
+                "parameters": [
+                    uuid_path(),
+                    {
+                        "name": "with_output",
+                        "in": "query",
+                        "required": False,
+                        "description": "add console lines from this line (negative: the last N)",
+                        "schema": {"type": "integer"},
+                    },
+                ],
+                "responses": json_200("the task", ref("TaskInfo")),
+            }
+        },
+        "/task/{uuid}/output": {
+            "get": {
+                "summary": "A task's console lines",
+                "parameters": [
+                    uuid_path(),
+                    {
+                        "name": "line",
+                        "in": "query",
+                        "required": False,
+                        "description": "from this line (negative: the last N)",
+                        "schema": {"type": "integer"},
+                    },
+                ],
+                "responses": json_200("console lines", {"type": "array", "items": {"type": "string"}}),
+            }
+        },
+        "/task/{uuid}/download/{asset}": {
+            "parameters": [
+                uuid_path(),
+                {
+                    "name": "asset",
+                    "in": "path",
+                    "required": True,
+                    "description": "all.zip, or one of the single assets (e.g. orthophoto.tif)",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "Range",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "bytes=a-b",
+                },
+            ],
+            "get": {"summary": "Download a finished task's results", "responses": _download_responses()},
+            "head": {"summary": "Size and headers of a download", "responses": _download_responses()},
+        },
+        "/task/cancel": {
+            "post": {
+                "summary": "Cancel a task (its engine is stopped)",
+                "parameters": command_query,
+                "requestBody": form_body(command_fields),
+                "responses": json_200("cancelled", ref("Success")),
+            }
+        },
+        "/task/remove": {
+            "post": {
+                "summary": "Cancel a task and delete everything of it",
+                "parameters": command_query,
+                "requestBody": form_body(command_fields),
+                "responses": json_200("removed", ref("Success")),
+            }
+        },
+        "/task/restart": {
+            "post": {
+                "summary": "Run a failed, completed or cancelled task again, optionally with new options",
+                "parameters": [
+                    *command_query,
+                    {"name": "options", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "requestBody": form_body({**command_fields, "options": INIT_FIELDS["options"]}),
+                "responses": json_200("restarted", ref("Success")),
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "For orchestrators: 200 when Redis answers (an extension)",
+                "security": public,
+                "responses": {
+                    "200": _json_object(
+                        "healthy",
+                        {"status": {"type": "string", "enum": ["ok"]}, "workers": {"type": "integer"}},
+                    ),
+                    "503": _json_object(
+                        "Redis does not answer", {"status": {"type": "string"}, "redis": {"type": "string"}}
+                    ),
+                },
+            }
+        },
+        "/workers": {
+            "get": {
+                "summary": "The live worker hosts (an extension)",
+                "responses": {
+                    **json_200("the workers", {"type": "array", "items": {"type": "object"}}),
+                    "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (an extension)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format; the NodeODM error form for a wrong token",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            JSON: {"schema": ref("Error")},
+                        },
+                    },
+                    "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
+                },
+            }
+        },
+        "/swagger.json": {
+            "get": {
+                "summary": "This description",
+                "security": public,
+                "responses": {
+                    "200": {"description": "OpenAPI 3", "content": {JSON: {"schema": {"type": "object"}}}}
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "A status page for people",
+                "security": public,
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
+                },
+            }
+        },
+    }
+
+
+def _json_object(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {JSON: {"schema": {"type": "object", "properties": properties}}},
+    }
+
+
+def _download_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "the whole file; or the NodeODM error form (not ready, invalid asset)",
+            "headers": DOWNLOAD_HEADERS,
+            "content": {
+                "application/zip": {"schema": BINARY},
+                "application/octet-stream": {"schema": BINARY},
+                JSON: {"schema": ref("Error")},
+            },
+        },
+        "206": {
+            "description": "the requested range",
+            "headers": DOWNLOAD_HEADERS,
+            "content": {
+                "application/zip": {"schema": BINARY},
+                "application/octet-stream": {"schema": BINARY},
+            },
+        },
+        "302": {"description": "a presigned object-store URL (ODM_FARM_DOWNLOAD_REDIRECT)"},
+        "416": {"description": "the range is outside the file"},
+    }
+
+
+# gunicorn refuses these before the app sees them (no client of the NodeODM API sends such requests)
+HTTP_SERVER_ERRORS = {
+    "400": "malformed HTTP",
+    "414": "request line (path and query) over 4094 bytes",
+    "431": "a header over 8190 bytes, or over 100 headers",
+}
+
+
+def _with_server_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    for item in paths.values():
+        for method, operation in item.items():
+            if method != "parameters":
+                for code, why in HTTP_SERVER_ERRORS.items():
+                    operation["responses"].setdefault(
+                        code, {"description": f"{why} (refused by gunicorn)", "content": html}
+                    )
+    return paths
+
+
+def openapi(version: str) -> dict[str, Any]:
+    """The whole description; `version` is the node's NodeODM API version."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "ODM Farm",
+            "version": version,
+            "description": "The NodeODM API (as PyODM, WebODM, ClusterODM, CloudODM and ODM's split-merge use "
+            "it), served by a farm of workers, plus a few routes for operators. Errors on the NodeODM routes "
+            'are HTTP 200 with {"error": ...}.',
+        },
+        "security": [{"token": []}],
+        "paths": _with_server_errors(_paths()),
+        "components": COMPONENTS,
+    }
