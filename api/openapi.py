@@ -59,7 +59,7 @@ INIT_FIELDS: dict[str, Any] = {
         "description": "a URL that gets a POST of the task info when the task ends",
     },
     "outputs": {"type": "string", "description": "JSON list of project-relative paths all.zip should hold"},
-    "dateCreated": {"type": "string", "description": "creation time, milliseconds since the epoch"},
+    "dateCreated": {"type": "integer", "description": "creation time, milliseconds since the epoch"},
 }
 SET_UUID = {
     "name": "set-uuid",
