@@ -53,7 +53,9 @@ def new():
         n.record_uploads(uuid, received.files)
         n.commit(uuid)
     except BaseException:
-        n.tasks.drop_session(uuid)
+        # files first: while Redis is down the session record would survive anyway, and the janitor
+        # finds abandoned sessions, not files without one
         n.store.delete_prefix(f"{uuid}/")
+        n.tasks.drop_session(uuid)
         raise
     return jsonify({"uuid": uuid})
