@@ -471,3 +471,37 @@ def test_janitor_forgets_workers_dead_for_long(rt: WorkerRuntime) -> None:
     rt.tasks.r.zadd("odmfarm:workers:beat", {"ghost": time.time() - 86_400})
     rt.janitor()
     assert rt.tasks.r.hkeys("odmfarm:workers") == ["alive"]
+
+
+# --- webhook loop ---------------------------------------------------------------------------------------
+def test_webhook_loop_never_claims_more_than_it_can_send(make_runtime: MakeRuntime,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a slow receiver (1 s per POST) and a short visibility window: a delivery claimed but left waiting in
+    # the sender pool past the window is claimed again and posted twice
+    from shared import outbox
+    from tests.support.local_http import local_server, reply
+
+    monkeypatch.setattr(outbox, "VISIBILITY_SECONDS", 1.5)
+    monkeypatch.setattr(outbox.claim, "__defaults__", (10, 1.5))  # (limit, visibility)
+    rt = make_runtime(blocked_networks=())
+
+    def slow(handler: Any) -> None:
+        time.sleep(1.0)
+        reply(handler, 200)
+
+    with local_server() as server:
+        server.routes["/hook"] = slow
+        for n in range(12):
+            outbox.enqueue(rt.tasks.r, server.url("/hook"), {"n": n}, attempts=3)
+        loop = threading.Thread(target=rt._webhook_loop, daemon=True)
+        loop.start()
+        try:
+            deadline = time.monotonic() + 30
+            while outbox.pending(rt.tasks.r) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.2)  # any second post of a delivery would arrive by now
+        finally:
+            rt.stopping.set()
+            loop.join(10)
+        sent = sorted(json.loads(r.body)["n"] for r in server.received)
+        assert sent == list(range(12)), "every webhook exactly once"
