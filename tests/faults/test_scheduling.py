@@ -167,3 +167,20 @@ def test_cancel_around_completion_always_ends_canceled_with_one_webhook(farm_fac
         wait_until(lambda: farm.redis.zcard("odmfarm:webhooks") == 0, 15, "webhooks not delivered")
         posted = [json.loads(r.body)["uuid"] for r in receiver.received if r.path == "/hook"]
         assert sorted(posted) == sorted(uuids), "exactly one webhook per task"
+
+
+def test_results_belong_to_the_run_that_wrote_them(farm_factory: Any, tmp_path: Path) -> None:
+    farm: Farm = farm_factory(workers=1, simulate_seconds=0.2)
+    task = farm.node().create_task(make_images(tmp_path, 2))
+    wait_status(farm, task.uuid, (COMPLETED,))
+    results = farm.root / "storage" / task.uuid / "results"
+    first = field(farm, task.uuid, "resultsRun")
+    assert first and (results / first / "all.zip").exists(), "results stored under the run that wrote them"
+    assert farm.post("/task/restart", data={"uuid": task.uuid}).json() == {"success": True}
+    assert not (results / first).exists(), "a restart drops the earlier run's results"
+    wait_status(farm, task.uuid, (COMPLETED,))
+    second = field(farm, task.uuid, "resultsRun")
+    assert second == field(farm, task.uuid, "runId") != first
+    assert sorted(p.name for p in results.iterdir()) == [second]
+    served = farm.get(f"/task/{task.uuid}/download/all.zip").content
+    assert served == (results / second / "all.zip").read_bytes()
