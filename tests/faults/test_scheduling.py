@@ -160,9 +160,14 @@ def test_cancel_around_completion_always_ends_canceled_with_one_webhook(farm_fac
             for _ in range(10):  # the end state stays CANCELED, whatever the worker was doing
                 assert task_info(farm, task.uuid)["status"]["code"] == CANCELED
                 time.sleep(0.05)
+            results = farm.root / "storage" / task.uuid / "results"
             if field(farm, task.uuid, "resultsRun"):  # cancelled after it completed: results stay
                 assert farm.get(f"/task/{task.uuid}/download/all.zip").status_code == 200
                 assert farm.get(f"/task/{task.uuid}/download/all.zip").content[:2] == b"PK"
+            else:  # cancelled before: whatever the stopped run stored is deleted
+                wait_until(lambda r=results: not r.exists() or not any(r.rglob("*.*")), 10,
+                           "a stopped run left results behind")
+                assert farm.get(f"/task/{task.uuid}/download/all.zip").json() == {"error": "Asset not ready"}
         time.sleep(2)  # every webhook that is coming has been sent
         wait_until(lambda: farm.redis.zcard("odmfarm:webhooks") == 0, 15, "webhooks not delivered")
         posted = [json.loads(r.body)["uuid"] for r in receiver.received if r.path == "/hook"]
