@@ -235,7 +235,6 @@ class Node:
             progress=0,
             processingTime=-1,
             startedAt=None,
-            firstStartedAt=None,
             errorMessage=None,
             worker=None,
             resultsRun=None,
