@@ -132,7 +132,9 @@ def test_a_new_task_never_waits_behind_a_busy_worker_while_another_is_idle(farm_
     assert worker == "w2" or status == QUEUED, f"RUNNING but not started (worker {worker!r})\n{farm.logs()}"
     assert worker == "w2", "the idle worker should have taken it"
     # taken over later, processingTime keeps counting from the first start
+    time.sleep(2.5)
     before = task_info(farm, late.uuid)["processingTime"]
+    assert before >= 2500
     worker_process(farm, "w2").stop(signal.SIGTERM)
     farm.start_worker("w3")
     wait_until(lambda: field(farm, late.uuid, "worker") == "w3", 10, "not taken over")
