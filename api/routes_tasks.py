@@ -38,27 +38,34 @@ def output(uuid: str):
     return jsonify(n.tasks.output(uuid, _int_arg("line")))
 
 
-def asset_key(uuid: str, asset: str) -> str:
+def asset_key(uuid: str, asset: str, run_id: str) -> str:
+    """The stored object of `asset` as the run `run_id` wrote it (each run's results are its own)."""
     if asset == "all.zip":
-        return results_prefix(uuid) + "all.zip"
+        return results_prefix(uuid, run_id) + "all.zip"
     if asset in ASSETS:
-        return results_prefix(uuid) + "assets/" + asset
+        return results_prefix(uuid, run_id) + "assets/" + asset
     raise InvalidRequest("Invalid asset")
+
+
+# a completed task cancelled afterwards keeps its results until it is removed, as the reference does
+_SERVED = (str(int(TaskStatus.COMPLETED)), str(int(TaskStatus.CANCELED)))
 
 
 @bp.route("/task/<uuid>/download/<path:asset>", methods=["GET", "HEAD"])
 def download(uuid: str, asset: str):
     n = node()
     record = n.get(uuid)
-    key = asset_key(uuid, asset)
-    if record.get("status") != str(int(TaskStatus.COMPLETED)):
-        # results are stored just before the task turns COMPLETED: never serve a run that may still fail
+    run_id = record.get("resultsRun") or ""
+    key = asset_key(uuid, asset, run_id)
+    if not run_id or record.get("status") not in _SERVED:
+        # results count once the run that wrote them turned the task COMPLETED: never serve a run that
+        # may still fail or be superseded
         raise InvalidRequest("Asset not ready")
     try:
         size = n.store.size(key)
     except ObjectNotFound:
         # a finished task will never produce a missing asset: "not ready" would have clients wait forever
-        if asset != "all.zip" and record.get("status") == str(int(TaskStatus.COMPLETED)):
+        if asset != "all.zip":
             raise InvalidRequest(f"Asset not available: this task did not produce {asset}") from None
         raise InvalidRequest("Asset not ready") from None
     if n.settings.download_redirect:

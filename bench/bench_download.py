@@ -49,7 +49,8 @@ def prepare(farm: BenchFarm, size: int) -> tuple[str, str]:
     source = farm.tmp / "all.zip"
     write_random(source, size, header=b"PK\x03\x04")
     digest = sha256(source)
-    farm.store().put_file(results_prefix(task.uuid) + "all.zip", source)
+    run_id = farm.farm.redis.hget(f"odmfarm:task:{task.uuid}", "resultsRun")  # results of the run that completed
+    farm.store().put_file(results_prefix(task.uuid, run_id) + "all.zip", source)
     source.unlink()
     return task.uuid, digest
 

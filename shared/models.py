@@ -31,7 +31,9 @@ TRANSITIONS: dict[TaskStatus, tuple[TaskStatus, ...]] = {
     TaskStatus.RUNNING: (TaskStatus.QUEUED, TaskStatus.RUNNING) + FINISHED,  # claim, re-queue, restart
     TaskStatus.FAILED: ACTIVE,
     TaskStatus.COMPLETED: (TaskStatus.RUNNING,),
-    TaskStatus.CANCELED: ACTIVE,
+    # as the reference does, a finished task can be cancelled too (its results stay until it is removed);
+    # a run that finishes after a cancel can never turn CANCELED back into COMPLETED
+    TaskStatus.CANCELED: ACTIVE + (TaskStatus.FAILED, TaskStatus.COMPLETED),
 }
 
 

@@ -14,11 +14,11 @@ from shared import options as optionlib
 from shared import outbox
 from shared.errors import InvalidRequest, TaskNotFound
 from shared.models import TaskStatus
-from shared.queue import PROCESS_TASK, choose_queue
+from shared.queue import PROCESS_TASK, QUEUE_CPU, decide_for
 from shared.safety import UnsafeInput, normalize_outputs, safe_filename
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.taskstore import Keys, TaskStore, count_images, is_image_name, new_run_id, now_ms
+from shared.taskstore import Decide, Keys, TaskStore, count_images, is_image_name, new_run_id, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ def inputs_prefix(uuid: str) -> str:
     return f"{uuid}/inputs/"
 
 
-def results_prefix(uuid: str) -> str:
-    return f"{uuid}/results/"
+def results_prefix(uuid: str, run_id: str = "") -> str:
+    """Where results live: each run writes under its own run id, so a late run can never overwrite another."""
+    return f"{uuid}/results/{run_id}/" if run_id else f"{uuid}/results/"
 
 
 def task_prefix(uuid: str) -> str:
@@ -77,12 +78,14 @@ class Node:
         workers, active = self.tasks.live_workers_and_active(self.settings.worker_ttl)
         engines = sorted({(w.get("engine", ""), w.get("engineVersion", "")) for w in workers})
         engine, version = engines[0] if engines else (self.settings.engine_name, "")
+        # several workers on one host share its cores and memory: count each host once
+        hosts = list({w.get("host") or w.get("id") or id(w): w for w in workers}.values())
         return {
             "version": API_VERSION,
             "taskQueueCount": active,
-            "totalMemory": sum(int(w.get("totalMemory", 0)) for w in workers),
-            "availableMemory": sum(int(w.get("availableMemory", 0)) for w in workers),
-            "cpuCores": sum(int(w.get("cpuCores", 0)) for w in workers),
+            "totalMemory": sum(int(h.get("totalMemory", 0)) for h in hosts),
+            "availableMemory": sum(int(h.get("availableMemory", 0)) for h in hosts),
+            "cpuCores": sum(int(h.get("cpuCores", 0)) for h in hosts),
             "maxImages": self.settings.max_images,
             "maxParallelTasks": sum(int(w.get("slots", 0)) for w in workers),
             "engineVersion": version,
@@ -171,18 +174,12 @@ class Node:
         self.check_image_limit(uuid, [])
         options = json.loads(session.get("options") or "[]")
         run_id = new_run_id()
-        queue = choose_queue(options, self.live_workers())
-        self.tasks.commit_session(uuid, self._slots(), run_id, {"queue": queue, "enqueuedAt": now_ms()})
-        self._enqueue(uuid, run_id, queue)
+        record = self.tasks.commit_session(uuid, self.decide(options), run_id, {"enqueuedAt": now_ms()})
+        self._enqueue(uuid, run_id, record["queue"])
         return uuid
 
-    def _initial_status(self) -> TaskStatus:
-        # (commit decides the same atomically in the store) ODM's split-merge client treats QUEUED right after commit as "node full" and takes the task back;
-        # so a task that a free slot will pick up at once reports RUNNING, and only a backlog reports QUEUED.
-        return TaskStatus.RUNNING if self.tasks.active_count() < self._slots() else TaskStatus.QUEUED
-
-    def _slots(self) -> int:
-        return sum(int(w.get("slots", 0)) for w in self.live_workers())
+    def decide(self, options: list[dict[str, Any]]) -> Decide:
+        return decide_for(options, self.live_workers())
 
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
@@ -194,14 +191,16 @@ class Node:
         return self.tasks.get(uuid)
 
     def cancel(self, uuid: str, notify: bool = True) -> None:
-        record = self.get(uuid)
+        """CANCELED from any status, as the reference does (a finished task too: its results stay until
+        removed). Whoever ends a task announces it: a cancel that ends an active task queues its webhook
+        here, exactly once (the transition succeeds once); the worker only stops its run."""
+        self.get(uuid)
         result = self.tasks.transition(uuid, TaskStatus.CANCELED, errorMessage=None)
         if result.previous is None:
             raise TaskNotFound(uuid)
         if result.ok:
             self.tasks.publish_cancel(uuid)
-            if notify and not record.get("worker"):
-                # no worker holds it, so none will announce its end: the webhook goes out from here
+            if notify and result.previous.active:
                 outbox.notify_task_end(
                     self.tasks.r,
                     self.tasks.get(uuid),
@@ -223,10 +222,9 @@ class Node:
             fields["options"] = self.validate_options(raw_options, skip)
         options = fields.get("options") or json.loads(record.get("options") or "[]")
         run_id = new_run_id()
-        queue = choose_queue(options, self.live_workers())
-        result = self.tasks.transition(
+        result = self.tasks.requeue_decided(
             uuid,
-            self._initial_status(),
+            self.decide(options),
             allowed=(TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED),
             clear_output=True,
             runId=run_id,
@@ -236,7 +234,7 @@ class Node:
             startedAt=None,
             errorMessage=None,
             worker=None,
-            queue=queue,
+            resultsRun=None,
             enqueuedAt=now_ms(),
             **fields,
         )
@@ -244,8 +242,9 @@ class Node:
             raise TaskNotFound(uuid)
         if not result.ok:
             raise InvalidRequest("Task cannot be restarted")
+        # every earlier run's results go: the new run writes under its own run id
         self.store.delete_prefix(results_prefix(uuid))
-        self._enqueue(uuid, run_id, queue)
+        self._enqueue(uuid, run_id, self.tasks.field(uuid, "queue") or QUEUE_CPU)
 
 
 # dateCreated is milliseconds since 1970; past year 9999 no date can be shown (and task names are dates)

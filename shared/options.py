@@ -487,10 +487,12 @@ def validate_options(
     if errors:
         raise InvalidOptions(json.dumps(errors, separators=(",", ":")), errors)
 
-    if not skip_post_processing:
-        for name in POST_PROCESSING_OPTIONS:
-            if name in known and known[name].get("type") == "bool" and name not in typed:
-                typed[name] = True
-    return [
+    chosen = [
         {"name": entry["name"], "value": typed[entry["name"]]} for entry in catalog if entry["name"] in typed
     ]
+    if not skip_post_processing:
+        # appended after the user's options in this order, as the reference does
+        for name in POST_PROCESSING_OPTIONS:
+            if name in known and known[name].get("type") == "bool" and name not in typed:
+                chosen.append({"name": name, "value": True})
+    return chosen

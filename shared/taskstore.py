@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,10 @@ from shared.models import TRANSITIONS, TaskStatus, default_task_name
 from shared.outage import HOLD_SECONDS, RETRIED_ERRORS, OutageRetry
 
 NS = "odmfarm"
+
+# Given (queue, worker) of every QUEUED/RUNNING task: the queue for a task ('' = keep it) and whether it
+# reports RUNNING (a slot is free for it) or QUEUED.
+Decide = Callable[[list[tuple[str, str]]], tuple[str, TaskStatus]]
 
 
 class Keys:
@@ -111,6 +115,15 @@ if #ids > 0 then infos = redis.call('HMGET', KEYS[2], unpack(ids)) end
 return {redis.call('SCARD', KEYS[3]), infos}
 """
 
+# KEYS: lease, task ; ARGV: run id, ms. 1 when this run now holds the lease.
+_TAKE_LEASE = """
+if redis.call('HGET', KEYS[2], 'runId') ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -136,6 +149,7 @@ class TaskStore:
         self._progress = client.register_script(_PROGRESS)
         self._append = client.register_script(_APPEND)
         self._live = client.register_script(_LIVE)
+        self._take = client.register_script(_TAKE_LEASE)
 
     @classmethod
     def from_url(cls, url: str, hold_seconds: float = HOLD_SECONDS) -> TaskStore:
@@ -185,12 +199,16 @@ class TaskStore:
         pipe.zadd(Keys.uploads, {uuid: time.time()})
         pipe.execute()
 
-    def commit_session(self, uuid: str, slots: int, run_id: str, extra: dict[str, Any]) -> dict[str, str]:
+    def commit_session(
+        self, uuid: str, slots: int | Decide, run_id: str, extra: dict[str, Any]
+    ) -> dict[str, str]:
         """Turn an upload session into a task record, atomically; a second commit finds no session.
 
-        The task reports RUNNING when one of `slots` is free and QUEUED when the farm is full, decided in
-        the same transaction so that simultaneous commits cannot all claim the last free slot.
+        The task's queue and whether it reports RUNNING (a slot is free for it) or QUEUED (it waits) are
+        decided by `slots` (a Decide, or a plain slot count) in the same transaction, so that simultaneous
+        commits cannot all claim the last free slot.
         """
+        decide = slots if callable(slots) else _count_rule(slots)
         skey, fkey, tkey = Keys.upload(uuid), Keys.upload_files(uuid), Keys.task(uuid)
         with self.r.pipeline() as pipe:
             while True:
@@ -201,15 +219,16 @@ class TaskStore:
                     snapshot = self.r.pipeline()
                     snapshot.hgetall(skey)
                     snapshot.hgetall(fkey)
-                    snapshot.scard(Keys.active)
-                    session, files, active = snapshot.execute()
-                    status = TaskStatus.RUNNING if active < slots else TaskStatus.QUEUED
+                    session, files = snapshot.execute()
+                    queue, status = decide(self.occupancy())
                     if not session:
                         raise InvalidRequest("Invalid uuid (not found)")
                     if not files and not session.get("zipurl"):
                         raise InvalidRequest("Need at least 1 file.")
                     record = dict(session)
                     record.update({k: _encode(v) for k, v in extra.items()})
+                    if queue:
+                        record["queue"] = queue
                     record.update(
                         {
                             "status": str(int(status)),
@@ -293,20 +312,46 @@ class TaskStore:
         clear_output: bool = False,
         **fields: Any,
     ) -> Transition:
-        allowed = TRANSITIONS[target] if allowed is None else tuple(allowed)
-        args: list[Any] = [
-            int(target),
-            ",".join(str(int(s)) for s in allowed),
-            run_id or "",
-            "1" if clear_output else "0",
-            time.time(),
-        ]
-        for name, value in fields.items():
-            args += [name, _DELETE if value is None else _encode(value)]
-        ok, previous = self._transition(
-            keys=[Keys.task(uuid), Keys.active, Keys.finished, Keys.output(uuid)], args=args
-        )
+        args = _transition_args(target, allowed, run_id, clear_output, fields)
+        ok, previous = self._transition(keys=_transition_keys(uuid), args=args)
         return Transition(bool(ok), None if previous == -1 else TaskStatus(previous))
+
+    def occupancy(self) -> list[tuple[str, str]]:
+        """(queue, worker) of every QUEUED/RUNNING task; worker is '' while no worker has claimed it."""
+        uuids = self.active_uuids()
+        if not uuids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for uuid in uuids:
+            pipe.hmget(Keys.task(uuid), "queue", "worker")
+        return [(q or "", w or "") for q, w in pipe.execute()]
+
+    def requeue_decided(
+        self,
+        uuid: str,
+        decide: Decide,
+        *,
+        allowed: Iterable[TaskStatus],
+        run_id: str | None = None,
+        clear_output: bool = False,
+        **fields: Any,
+    ) -> Transition:
+        """A transition back to the queue (restart, re-queue) whose queue and status (RUNNING or QUEUED)
+        `decide` picks from the farm's occupancy in the same transaction, as commit_session does."""
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(Keys.active, Keys.task(uuid))
+                    queue, status = decide(self.occupancy())
+                    if queue:
+                        fields["queue"] = queue
+                    args = _transition_args(status, allowed, run_id, clear_output, fields)
+                    pipe.multi()
+                    self._transition(keys=_transition_keys(uuid), args=args, client=pipe)
+                    ok, previous = pipe.execute()[0]
+                    return Transition(bool(ok), None if previous == -1 else TaskStatus(previous))
+                except redis.WatchError:
+                    continue
 
     def delete(self, uuid: str) -> bool:
         pipe = self.r.pipeline()
@@ -338,8 +383,15 @@ class TaskStore:
 
     # --- leases ---------------------------------------------------------------------------
     def take_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
-        """Claim a run: only the first taker of a free lease gets it (a duplicate message gets False)."""
-        return bool(self.r.set(Keys.lease(uuid), run_id, nx=True, px=max(1, int(seconds * 1000))))
+        """Claim a run: only the task's current run gets it, once (a duplicate message gets False).
+
+        A lease still held by a run that is no longer the task's current one (cancelled, restarted or handed
+        over while it winds down) does not block the new run: it is replaced, and the old run learns at its
+        next renewal that it was superseded.
+        """
+        return bool(
+            self._take(keys=[Keys.lease(uuid), Keys.task(uuid)], args=[run_id, max(1, int(seconds * 1000))])
+        )
 
     def field(self, uuid: str, name: str) -> str | None:
         value = self.r.hget(Keys.task(uuid), name)
@@ -417,6 +469,34 @@ def is_image_name(name: str) -> bool:
 
 def count_images(files: Iterable[str]) -> int:
     return sum(1 for name in files if is_image_name(name))
+
+
+def _count_rule(slots: int) -> Decide:
+    return lambda active: ("", TaskStatus.RUNNING if len(active) < slots else TaskStatus.QUEUED)
+
+
+def _transition_keys(uuid: str) -> list[str]:
+    return [Keys.task(uuid), Keys.active, Keys.finished, Keys.output(uuid)]
+
+
+def _transition_args(
+    target: TaskStatus,
+    allowed: Iterable[TaskStatus] | None,
+    run_id: str | None,
+    clear_output: bool,
+    fields: dict[str, Any],
+) -> list[Any]:
+    allowed = TRANSITIONS[target] if allowed is None else tuple(allowed)
+    args: list[Any] = [
+        int(target),
+        ",".join(str(int(s)) for s in allowed),
+        run_id or "",
+        "1" if clear_output else "0",
+        time.time(),
+    ]
+    for name, value in fields.items():
+        args += [name, _DELETE if value is None else _encode(value)]
+    return args
 
 
 def _encode(value: Any) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from shared import options as optionlib
-from shared import outbox
 from shared.errors import TaskNotFound
 from shared.models import TaskStatus, exit_code_message
 from shared.node import inputs_prefix, results_prefix, task_prefix
@@ -43,14 +42,17 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         return "stale"
     if not rt.tasks.take_lease(uuid, run_id, rt.settings.lease_seconds):
         return "duplicate"
+    # a run taken over from a lost or stopping worker keeps the task's first start: processingTime
+    # never goes backwards
+    first_start: dict[str, Any] = {} if record.get("startedAt") else {"startedAt": now_ms()}
     claimed = rt.tasks.transition(
         uuid,
         TaskStatus.RUNNING,
         run_id=run_id,
         allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
         worker=rt.id,
-        startedAt=now_ms(),
         processingTime=-1,
+        **first_start,
     )
     if not claimed.ok:
         rt.tasks.release_lease(uuid, run_id)
@@ -64,13 +66,17 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
     except Stop:
         outcome = "stopped"
         if job.reason == SHUTDOWN:
-            rt.requeue(uuid, run_id, f"Worker {rt.id} is shutting down")
-            outcome = "handed over"
+            # the lease goes first: the next run's claim must find it free
+            rt.tasks.release_lease(uuid, run_id)
+            if rt.requeue(uuid, run_id, f"Worker {rt.id} is shutting down", count_attempt=False):
+                outcome = "handed over"
     except Failed as exc:
-        _fail(rt, job, str(exc))
+        outcome = "failed" if _fail(rt, job, str(exc)) else "stopped"
     except Exception as exc:  # noqa: BLE001 - whatever breaks, the task ends FAILED with a message
         log.exception("task %s failed", uuid)
-        _fail(rt, job, f"Processing failed ({type(exc).__name__}: {exc})")
+        outcome = (
+            "failed" if _fail(rt, job, f"Processing failed ({type(exc).__name__}: {exc})") else "stopped"
+        )
     finally:
         rt.unregister(job)
         rt.tasks.release_lease(uuid, run_id)
@@ -78,10 +84,15 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
             shutil.rmtree(workdir, ignore_errors=True)
         elif workdir.exists():
             (workdir / KEPT_MARKER).write_text("kept for inspection: ODM_FARM_KEEP_FAILED_SCRATCH\n")
+        if outcome != "completed":
+            # whatever this run stored is nobody's results: a newer run or none owns the task now
+            rt.store.delete_prefix(results_prefix(uuid, run_id))
         if outcome == "stopped" and not rt.tasks.exists(uuid):
             rt.store.delete_prefix(task_prefix(uuid))  # removed while we were uploading: leave no trace
-    if outcome in ("completed", "failed", "stopped"):
-        _notify(rt, uuid)
+    if outcome in ("completed", "failed"):
+        # this run made the transition that ended the task, so it alone announces it (a cancel is
+        # announced by whoever cancelled; a lost worker's give-up by the reaper)
+        _notify(rt, uuid, run_id)
     return outcome
 
 
@@ -149,7 +160,12 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
 
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
     done = rt.tasks.transition(
-        uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100, processingTime=now_ms() - started
+        uuid,
+        TaskStatus.COMPLETED,
+        run_id=job.run_id,
+        progress=100,
+        processingTime=now_ms() - started,
+        resultsRun=job.run_id,
     )
     if not done.ok:
         raise Stop()
@@ -200,7 +216,7 @@ def sm_cluster_url(rt: WorkerRuntime) -> str:
 def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zip_path: Path) -> None:
     from shared.assets import collect_assets
 
-    prefix = results_prefix(job.uuid)
+    prefix = results_prefix(job.uuid, job.run_id)
     assets = collect_assets(project, workdir / "assets")
     for name, path in assets.items():
         rt.store.put_file(prefix + "assets/" + name, path)
@@ -235,30 +251,23 @@ def _write_console(rt: WorkerRuntime, job: Job, console_file: Path) -> None:
     console_file.write_text("\n".join(rt.tasks.output(job.uuid)) + "\n", encoding="utf-8")
 
 
-def _fail(rt: WorkerRuntime, job: Job, message: str) -> None:
+def _fail(rt: WorkerRuntime, job: Job, message: str) -> bool:
+    """FAILED with `message`; False when the run no longer owns the task (cancelled, superseded)."""
     _push(rt, job, [message])
     started = rt.tasks.field(job.uuid, "startedAt")
     elapsed = now_ms() - int(started) if started else -1
-    rt.tasks.transition(
+    return rt.tasks.transition(
         job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message, processingTime=elapsed
-    )
+    ).ok
 
 
-def _notify(rt: WorkerRuntime, uuid: str) -> None:
-    try:
-        record = rt.tasks.get(uuid)
-    except TaskNotFound:
-        return
-    if TaskStatus(int(record["status"])).active:
-        return
-    outbox.notify_task_end(
-        rt.tasks.r, record, rt.settings.webhook, rt.settings.webhook_retries, _images_json(rt, uuid)
-    )
+def _notify(rt: WorkerRuntime, uuid: str, run_id: str) -> None:
+    rt.notify_end(uuid, _images_json(rt, uuid, run_id))
 
 
-def _images_json(rt: WorkerRuntime, uuid: str) -> Any:
+def _images_json(rt: WorkerRuntime, uuid: str, run_id: str) -> Any:
     # images.json travels inside all.zip; a small copy is kept with the results for webhooks
-    key = results_prefix(uuid) + "images.json"
+    key = results_prefix(uuid, run_id) + "images.json"
     try:
         return json.loads(rt.store.get_bytes(key))
     except Exception:  # noqa: BLE001 - a webhook still goes out without it

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from typing import Any
 from celery import Celery
 
 from shared import outbox
+from shared.errors import TaskNotFound
 from shared.models import TaskStatus
 from shared.node import task_prefix
-from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU
+from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU, decide_for, free_slots
 from shared.safety import UnsafeInput, check_url, redact_url
 from shared.settings import Settings
 from shared.storage import ObjectStore, make_store
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
 WEBHOOK_POLL_SECONDS = 0.5
+WEBHOOK_SENDERS = 4
 SHUTDOWN = "worker shutting down"
 KEPT_MARKER = "KEPT-FAILED"
 
@@ -230,13 +232,16 @@ class WorkerRuntime:
             job.run_id,
             [f"Task exceeded this node's maximum runtime of {limit:g} seconds and was cancelled."],
         )
-        self.tasks.transition(
+        ended = self.tasks.transition(
             job.uuid,
             TaskStatus.CANCELED,
             run_id=job.run_id,
+            allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
             errorMessage=f"Maximum runtime of {limit:g} seconds exceeded",
         )
         job.cancel("max runtime")
+        if ended.ok:
+            self.notify_end(job.uuid)
 
     def _cancel_listener(self) -> None:
         while not self.stopping.is_set():
@@ -275,10 +280,18 @@ class WorkerRuntime:
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook") as pool:
+        # claim no more than the senders can start now: a claimed delivery waiting in the pool past its
+        # visibility window would be claimed again and posted twice
+        sending: set[Future[Any]] = set()
+        with ThreadPoolExecutor(max_workers=WEBHOOK_SENDERS, thread_name_prefix="webhook") as pool:
             while not self.stopping.wait(WEBHOOK_POLL_SECONDS):
-                for member in _guard(lambda: outbox.claim(self.tasks.r)) or []:
-                    pool.submit(_guard, lambda m=member: self.deliver(m))
+                sending = {f for f in sending if not f.done()}
+                free = WEBHOOK_SENDERS - len(sending)
+                if free <= 0:
+                    continue
+                claimed = _guard(lambda n=free: outbox.claim(self.tasks.r, n, outbox.VISIBILITY_SECONDS))
+                for member in claimed or []:
+                    sending.add(pool.submit(_guard, lambda m=member: self.deliver(m)))
 
     def deliver(self, member: str) -> bool:
         """One attempt at one queued webhook; re-scheduled with backoff on failure."""
@@ -317,12 +330,14 @@ class WorkerRuntime:
         second message for the same run is harmless: the first claim takes the lease, later ones are dropped.
         """
         requeued = []
+        workers = self.tasks.live_workers(self.settings.worker_ttl)
         free_queues = {
             q
-            for w in self.tasks.live_workers(self.settings.worker_ttl)
+            for w in workers
             if len(w.get("running", ())) < int(w.get("slots", 0))
             for q in w.get("queues", ())
         }
+        free = free_slots(workers, self.tasks.occupancy())
         grace_ms = 1000 * max(2 * self.settings.heartbeat_seconds, self.settings.lease_seconds) * 2
         for uuid in self.tasks.active_uuids():
             status, run_id, worker, queue, enqueued = self.tasks.r.hmget(
@@ -330,7 +345,17 @@ class WorkerRuntime:
             )
             if not worker:
                 queue = queue or QUEUE_CPU
-                if queue in free_queues and now_ms() - int(enqueued or 0) > grace_ms:
+                if queue == QUEUE_GPU and free[QUEUE_GPU] < 0 < free[QUEUE_CPU]:
+                    # more tasks wait for a GPU than GPU workers have slots, and a CPU slot is free:
+                    # the cpu queue (which GPU workers serve too) takes it now; the gpu message of this
+                    # run is dropped by whoever gets it second
+                    free[QUEUE_GPU] += 1
+                    free[QUEUE_CPU] -= 1
+                    self.tasks.update(uuid, run_id=run_id, queue=QUEUE_CPU, enqueuedAt=now_ms())
+                    self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=QUEUE_CPU)
+                    requeued.append(uuid)
+                    log.info("task %s waited for a busy GPU; moved to the cpu queue", uuid)
+                elif queue in free_queues and now_ms() - int(enqueued or 0) > grace_ms:
                     self.tasks.update(uuid, run_id=run_id, enqueuedAt=now_ms())
                     self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
                     requeued.append(uuid)
@@ -343,38 +368,57 @@ class WorkerRuntime:
                 log.warning("task %s re-queued after worker %s was lost", uuid, worker)
         return requeued
 
-    def requeue(self, uuid: str, run_id: str, why: str) -> bool:
+    def requeue(self, uuid: str, run_id: str, why: str, count_attempt: bool = True) -> bool:
         """Hand a run that cannot finish here to another worker under a new run id; fail after max attempts.
 
-        Progress is kept (clients never see it go backwards); the new run's reports count once they pass it.
+        A run lost with its worker counts as an attempt; a run handed back by a worker that is shutting down
+        (count_attempt=False) does not: stopping workers must never fail a task. The task goes to whichever
+        queue has a free slot and reports RUNNING only when one is free for it, else QUEUED. Progress and
+        the first start are kept (clients never see them go backwards).
         """
-        attempt, queue = self.tasks.r.hmget(Keys.task(uuid), "attempt", "queue")
+        attempt, options = self.tasks.r.hmget(Keys.task(uuid), "attempt", "options")
         attempts = int(attempt or 1)
         line = f"{why} during attempt {attempts}."
-        if attempts >= self.settings.max_attempts:
+        if count_attempt and attempts >= self.settings.max_attempts:
             self.tasks.append_output(uuid, run_id, [line + " Giving up."])
-            self.tasks.transition(
+            failed = self.tasks.transition(
                 uuid,
                 TaskStatus.FAILED,
                 run_id=run_id,
                 errorMessage=f"Processing was interrupted {attempts} times (worker lost)",
             )
+            if failed.ok:
+                self.notify_end(uuid)
             return False
         new_run = new_run_id()
         self.tasks.append_output(uuid, run_id, [line + " Re-queued."])
-        moved = self.tasks.transition(
+        workers = self.tasks.live_workers(self.settings.worker_ttl)
+        if self.stopping.is_set():
+            workers = [w for w in workers if w.get("id") != self.id]
+        moved = self.tasks.requeue_decided(
             uuid,
-            TaskStatus.RUNNING,
+            decide_for(json.loads(options or "[]"), workers),
+            allowed=(TaskStatus.RUNNING, TaskStatus.QUEUED),
             run_id=run_id,
-            allowed=(TaskStatus.RUNNING,),
             runId=new_run,
-            attempt=attempts + 1,
+            attempt=attempts + 1 if count_attempt else attempts,
             worker=None,
             enqueuedAt=now_ms(),
         )
         if moved.ok:
-            self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue or QUEUE_CPU)
+            queue = self.tasks.field(uuid, "queue") or QUEUE_CPU
+            self.celery.send_task(PROCESS_TASK, args=[uuid, new_run], queue=queue)
         return moved.ok
+
+    def notify_end(self, uuid: str, images: Any = None) -> None:
+        """Queue the webhooks of a task this worker just ended (the one transition that ended it)."""
+        try:
+            record = self.tasks.get(uuid)
+        except TaskNotFound:
+            return
+        outbox.notify_task_end(
+            self.tasks.r, record, self.settings.webhook, self.settings.webhook_retries, images or []
+        )
 
     def janitor(self) -> None:
         """Forget long-dead workers; delete finished tasks and abandoned uploads older than the cleanup period."""

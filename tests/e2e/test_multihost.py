@@ -60,7 +60,8 @@ def test_two_workers_on_s3_with_two_api_replicas(farm_factory, s3_server, tmp_pa
 
     # results live in S3, not on any disk of the API; scratch folders were cleaned
     keys = {o["Key"] for o in s3_server.client.list_objects_v2(Bucket=env["ODM_FARM_S3_BUCKET"])["Contents"]}
-    assert f"tasks/{tasks[0].uuid}/results/all.zip" in keys
+    run_id = farm.redis.hget(f"odmfarm:task:{tasks[0].uuid}", "resultsRun")
+    assert f"tasks/{tasks[0].uuid}/results/{run_id}/all.zip" in keys
     assert f"tasks/{tasks[0].uuid}/inputs/img1.jpg" in keys
     assert files_under(farm.root / "data") == [] and files_under(farm.root / "storage") == []
     for name in ("w1", "w2"):
@@ -105,9 +106,12 @@ def test_gpu_routing_and_fallback_to_cpu(farm_factory, tmp_path: Path) -> None: 
     assert workers["cpu1"]["queues"] == ["cpu"]
 
     node = farm.node()
-    wants_gpu = [node.create_task(make_images(tmp_path / f"g{i}", 2)) for i in range(3)]
+    wants_gpu = []
+    for i in range(3):  # one at a time: a free GPU is preferred (a busy one sends tasks to free CPU slots)
+        wants_gpu.append(node.create_task(make_images(tmp_path / f"g{i}", 2)))
+        wants_gpu[-1].wait_for_completion(interval=0.3)
     no_gpu = [node.create_task(make_images(tmp_path / f"c{i}", 2), {"no-gpu": True}) for i in range(2)]
-    for task in wants_gpu + no_gpu:
+    for task in no_gpu:
         task.wait_for_completion(interval=0.3)
     assert {worker_of(farm, t.uuid) for t in wants_gpu} == {"gpu1"}
     assert {worker_of(farm, t.uuid) for t in no_gpu} == {"cpu1"}

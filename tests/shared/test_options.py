@@ -304,18 +304,19 @@ def test_duplicates_last_wins(catalog: list[dict[str, Any]]) -> None:
 
 
 def test_post_processing_additions(catalog: list[dict[str, Any]]) -> None:
+    # appended after the user's options, in the reference's order: pc-ept, cog, gltf
     assert validate_options(None, catalog) == [
         {"name": "pc-ept", "value": True},
-        {"name": "gltf", "value": True},
         {"name": "cog", "value": True},
+        {"name": "gltf", "value": True},
     ]
     assert validate_options(
         '[{"name": "dsm", "value": true}, {"name": "pc-ept", "value": false}]', catalog
     ) == [
         {"name": "pc-ept", "value": False},
-        {"name": "gltf", "value": True},
         {"name": "dsm", "value": True},
         {"name": "cog", "value": True},
+        {"name": "gltf", "value": True},
     ]
     assert validate_options('[{"name": "dsm", "value": true}]', catalog, skip_post_processing=True) == [
         {"name": "dsm", "value": True}

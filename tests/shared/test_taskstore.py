@@ -511,35 +511,51 @@ def test_output_of_an_unknown_task_is_empty(store: TaskStore) -> None:
 
 # --- leases -------------------------------------------------------------------------------------
 def test_lease_take_renew_release_by_owner_only(store: TaskStore) -> None:
-    uuid = new_uuid()
+    uuid, run = make_task(store)
     assert not store.has_lease(uuid)
-    assert store.take_lease(uuid, "run-a", 5) is True
-    assert store.take_lease(uuid, "run-dup", 5) is False, "a second taker (a duplicate message) is refused"
+    assert store.take_lease(uuid, "run-old", 5) is False, "only the task's current run may claim it"
+    assert store.take_lease(uuid, run, 5) is True
+    assert store.take_lease(uuid, run, 5) is False, "a second taker (a duplicate message) is refused"
     assert store.has_lease(uuid)
     assert 4000 < store.r.pttl(Keys.lease(uuid)) <= 5000
     assert not store.renew_lease(uuid, "run-b", 60)
     assert store.r.pttl(Keys.lease(uuid)) <= 5000
-    assert store.renew_lease(uuid, "run-a", 60)
+    assert store.renew_lease(uuid, run, 60)
     assert 55_000 < store.r.pttl(Keys.lease(uuid)) <= 60_000
     store.release_lease(uuid, "run-b")
-    assert store.has_lease(uuid) and store.r.get(Keys.lease(uuid)) == "run-a"
-    store.release_lease(uuid, "run-a")
+    assert store.has_lease(uuid) and store.r.get(Keys.lease(uuid)) == run
+    store.release_lease(uuid, run)
     assert not store.has_lease(uuid)
-    assert not store.renew_lease(uuid, "run-a", 60)  # a released lease is not brought back
+    assert not store.renew_lease(uuid, run, 60)  # a released lease is not brought back
     assert not store.has_lease(uuid)
+
+
+def test_a_new_run_claims_a_lease_still_held_by_a_superseded_run(store: TaskStore) -> None:
+    # a restart or hand-over gives the task a new run id while the old run still winds down holding the
+    # lease: the new run's claim must not be dropped as a duplicate (it would wait for the reaper)
+    uuid, old = make_task(store, S.RUNNING)
+    assert store.take_lease(uuid, old, 60)
+    new = new_run_id()
+    assert store.transition(uuid, S.QUEUED, run_id=old, allowed=(S.RUNNING,), runId=new).ok
+    assert store.take_lease(uuid, new, 60) is True
+    assert store.r.get(Keys.lease(uuid)) == new
+    assert not store.renew_lease(uuid, old, 60), "the old run learns it was superseded"
+    store.release_lease(uuid, old)
+    assert store.has_lease(uuid), "the old run's release leaves the new lease alone"
 
 
 def test_lease_expires(store: TaskStore) -> None:
-    uuid = new_uuid()
-    store.take_lease(uuid, "run-a", 0.2)
-    store.take_lease(uuid + "x", "run-b", 0.2)
+    uuid, run_a = make_task(store)
+    other, run_b = make_task(store)
+    store.take_lease(uuid, run_a, 0.2)
+    store.take_lease(other, run_b, 0.2)
     assert store.has_lease(uuid)
     time.sleep(0.1)
-    assert store.renew_lease(uuid + "x", "run-b", 5)
+    assert store.renew_lease(other, run_b, 5)
     time.sleep(0.25)
     assert not store.has_lease(uuid)
-    assert not store.renew_lease(uuid, "run-a", 5)
-    assert store.has_lease(uuid + "x")
+    assert not store.renew_lease(uuid, run_a, 5)
+    assert store.has_lease(other)
 
 
 # --- workers and engines ------------------------------------------------------------------------

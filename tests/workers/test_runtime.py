@@ -141,7 +141,7 @@ def test_reap_requeues_a_running_task_whose_worker_is_gone(rt: WorkerRuntime) ->
     uuid, old_run = new_task(rt.tasks, worker="w-dead")
     assert rt.reap() == [uuid]
     record = rt.tasks.get(uuid)
-    assert record["status"] == str(int(S.RUNNING))
+    assert record["status"] == str(int(S.QUEUED)), "no live worker has a free slot: the task waits"
     assert record["runId"] != old_run
     assert record["attempt"] == "2"
     assert "worker" not in record
@@ -159,15 +159,51 @@ def test_reap_requeues_a_running_task_whose_worker_is_gone(rt: WorkerRuntime) ->
     assert len(broker_messages(rt.tasks, "cpu")) == 1
 
 
-def test_reap_sends_the_message_to_the_task_queue(rt: WorkerRuntime) -> None:
-    gpu_task, _ = new_task(rt.tasks, queue="gpu")
-    no_queue, _ = new_task(rt.tasks, queue=None)
-    assert sorted(rt.reap()) == sorted([gpu_task, no_queue])
-    assert [m["args"][0] for m in broker_messages(rt.tasks, "gpu")] == [gpu_task]
-    assert [m["args"][0] for m in broker_messages(rt.tasks, "cpu")] == [no_queue]  # default queue
-    for uuid in (gpu_task, no_queue):
-        queue = "gpu" if uuid == gpu_task else "cpu"
-        assert broker_messages(rt.tasks, queue)[0]["args"][1] == rt.tasks.get(uuid)["runId"]
+def test_reap_routes_requeued_tasks_to_free_slots(rt: WorkerRuntime) -> None:
+    # one GPU worker (serving gpu and cpu) and one CPU worker, one free slot each: of two tasks lost with
+    # their worker, one goes to the GPU and the other to the CPU worker, and both report RUNNING
+    rt.tasks.heartbeat("g", {"id": "g", "queues": ["gpu", "cpu"], "slots": 1, "running": []})
+    rt.tasks.heartbeat("c", {"id": "c", "queues": ["cpu"], "slots": 1, "running": []})
+    first, _ = new_task(rt.tasks, queue="gpu")
+    second, _ = new_task(rt.tasks, queue=None)
+    assert sorted(rt.reap()) == sorted([first, second])
+    on_gpu = [m["args"] for m in broker_messages(rt.tasks, "gpu")]
+    on_cpu = [m["args"] for m in broker_messages(rt.tasks, "cpu")]
+    assert len(on_gpu) == 1 and len(on_cpu) == 1
+    for uuid, run_id in on_gpu + on_cpu:
+        record = rt.tasks.get(uuid)
+        assert record["runId"] == run_id and record["status"] == str(int(S.RUNNING))
+        assert record["queue"] == ("gpu" if [uuid, run_id] in on_gpu else "cpu")
+
+
+def test_reap_moves_a_task_waiting_for_a_busy_gpu_to_a_free_cpu(rt: WorkerRuntime) -> None:
+    rt.tasks.heartbeat("g", {"id": "g", "queues": ["gpu", "cpu"], "slots": 1, "running": []})
+    rt.tasks.heartbeat("c", {"id": "c", "queues": ["cpu"], "slots": 1, "running": []})
+    busy, busy_run = new_task(rt.tasks, queue="gpu", worker="g")
+    rt.tasks.take_lease(busy, busy_run, 60)
+    waiting, run_id = new_task(rt.tasks, S.QUEUED, queue="gpu", worker=None)
+    assert rt.reap() == [waiting]
+    assert broker_messages(rt.tasks, "cpu") == [{"task": PROCESS_TASK, "args": [waiting, run_id], "kwargs": {}}]
+    assert rt.tasks.get(waiting)["queue"] == "cpu"
+    assert rt.reap() == [], "moved once"
+
+
+def test_reap_gives_up_with_a_webhook(make_runtime: MakeRuntime) -> None:
+    from shared import outbox
+    from tests.support.local_http import local_server, reply
+
+    rt = make_runtime(blocked_networks=())  # the receiver listens on loopback
+    with local_server() as server:
+        server.routes["/hook"] = lambda h: reply(h, 200)
+        uuid, _ = new_task(rt.tasks, worker="w-dead", attempt=2)
+        rt.tasks.update(uuid, webhook=server.url("/hook"))
+        assert rt.reap() == []
+        assert rt.tasks.status(uuid) is S.FAILED
+        for member in outbox.claim(rt.tasks.r):
+            assert rt.deliver(member)
+        bodies = [json.loads(r.body) for r in server.received if r.path == "/hook"]
+        assert [(b["uuid"], b["status"]["code"]) for b in bodies] == [(uuid, 30)]
+        assert "interrupted 2 times" in bodies[0]["status"]["errorMessage"]
 
 
 def test_reap_leaves_a_task_with_a_live_lease_alone(rt: WorkerRuntime) -> None:
@@ -435,3 +471,37 @@ def test_janitor_forgets_workers_dead_for_long(rt: WorkerRuntime) -> None:
     rt.tasks.r.zadd("odmfarm:workers:beat", {"ghost": time.time() - 86_400})
     rt.janitor()
     assert rt.tasks.r.hkeys("odmfarm:workers") == ["alive"]
+
+
+# --- webhook loop ---------------------------------------------------------------------------------------
+def test_webhook_loop_never_claims_more_than_it_can_send(make_runtime: MakeRuntime,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a slow receiver (1 s per POST) and a short visibility window: a delivery claimed but left waiting in
+    # the sender pool past the window is claimed again and posted twice
+    from shared import outbox
+    from tests.support.local_http import local_server, reply
+
+    monkeypatch.setattr(outbox, "VISIBILITY_SECONDS", 1.5)
+    monkeypatch.setattr(outbox.claim, "__defaults__", (10, 1.5))  # (limit, visibility)
+    rt = make_runtime(blocked_networks=())
+
+    def slow(handler: Any) -> None:
+        time.sleep(1.0)
+        reply(handler, 200)
+
+    with local_server() as server:
+        server.routes["/hook"] = slow
+        for n in range(12):
+            outbox.enqueue(rt.tasks.r, server.url("/hook"), {"n": n}, attempts=3)
+        loop = threading.Thread(target=rt._webhook_loop, daemon=True)
+        loop.start()
+        try:
+            deadline = time.monotonic() + 30
+            while outbox.pending(rt.tasks.r) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.2)  # any second post of a delivery would arrive by now
+        finally:
+            rt.stopping.set()
+            loop.join(10)
+        sent = sorted(json.loads(r.body)["n"] for r in server.received)
+        assert sent == list(range(12)), "every webhook exactly once"
