@@ -38,7 +38,7 @@ def free_port(preferred: int = 0) -> int:
 
 
 def start_redis(
-    data_dir: Path, port: int, persistent: bool = True, own_session: bool = False
+    data_dir: Path, port: int, persistent: bool = True, own_session: bool = False, databases: int = 16
 ) -> subprocess.Popen[bytes]:
     """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir. Returns once it answers PING.
 
@@ -63,7 +63,7 @@ def start_redis(
         "--loglevel",
         "warning",
     ]
-    args += ["--appendonly", "yes" if persistent else "no"]
+    args += ["--appendonly", "yes" if persistent else "no", "--databases", str(databases)]
     if persistent:
         args += ["--appendfsync", "everysec"]
     proc = subprocess.Popen(

@@ -210,6 +210,11 @@ class Node:
                 )
 
     def remove(self, uuid: str) -> None:
+        if _looks_like_uuid(uuid) and not self.tasks.exists(uuid) and self.tasks.session(uuid):
+            # an upload the client gave up on: its files and session go now, not at the janitor's cleanup
+            self.store.delete_prefix(task_prefix(uuid))
+            self.tasks.drop_session(uuid)
+            return
         self.cancel(uuid, notify=False)
         self.tasks.delete(uuid)
         self.store.delete_prefix(task_prefix(uuid))

@@ -31,19 +31,23 @@ from odm_farm.redis_server import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token"
+DATABASES = 4096
 
 
 @dataclass
 class RedisServer:
     proc: subprocess.Popen[bytes]
     port: int
-    _dbs: Iterator[int] = field(default_factory=lambda: itertools.cycle(range(1, 16)))
+    # never reuse a database in one session: a module-scoped farm must not be flushed by a later test
+    _dbs: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def fresh_db(self) -> int:
         db = next(self._dbs)
+        if db >= DATABASES:
+            raise RuntimeError(f"the test redis-server has only {DATABASES} databases; raise DATABASES")
         redis.Redis(port=self.port, db=db).flushdb()
         return db
 
@@ -51,7 +55,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     port = free_port()
-    proc = start_redis(tmp_path_factory.mktemp("redis"), port, persistent=False)
+    proc = start_redis(tmp_path_factory.mktemp("redis"), port, persistent=False, databases=DATABASES)
     yield RedisServer(proc, port)
     proc.terminate()
     try:
