@@ -137,6 +137,11 @@ class Settings:
     )
     max_upload_mb: int = _setting(0, int, help="largest single upload request in MB; 0 = unlimited")
     zip_max_bytes: int = _setting(0, int, help="largest zipurl download in bytes; 0 = unlimited")
+    console_max_lines: int = _setting(
+        100000,
+        _positive_int,
+        help="console lines kept per run: the first ones, then the last 1000 at its end",
+    )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
     api_threads: int = _setting(16, _positive_int, help="threads per gunicorn worker")
 

@@ -18,10 +18,13 @@ from shared.node import inputs_prefix, results_prefix, task_prefix
 from shared.taskstore import now_ms
 from workers import files
 from workers.postprocess import postprocess
-from workers.runner import Run
+from workers.progress import ENGINE_SHARE, StageProgress
+from workers.runner import Flusher, Run
 from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
 
 
 class Stop(Exception):
@@ -86,8 +89,26 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
 
 
 def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> str:
+    # every console line of the run goes through one flusher: in order, numbered, retried through a Redis outage
+    stages = StageProgress()
+
+    def send(lines: list[str], first: int) -> None:
+        _push(rt, job, lines, first)
+        value = stages.feed(lines)  # progress even when ODM's datagrams go to another listener on the host
+        if value is not None:
+            rt.tasks.set_progress(job.uuid, value * ENGINE_SHARE)
+
+    out = Flusher(send, limit=rt.settings.console_max_lines)
+    out.start()
+    try:
+        return _run_steps(rt, job, record, workdir, out)
+    finally:
+        out.close(5.0 if job.cancelled.is_set() else CONSOLE_DRAIN_SECONDS)
+
+
+def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path, out: Flusher) -> str:
     uuid = job.uuid
-    say = _console(rt, job)
+    say = out.write
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "worker.pid").write_text(str(os.getpid()))
     inputs, root = workdir / "inputs", workdir / "project"
@@ -111,7 +132,7 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     options = _engine_options(rt, record, say)
     command = rt.engine.command(options, root, uuid, placed.input_flags)
     console_file = project / "task_output.txt"
-    run = Run(command, lambda lines: _push(rt, job, lines), console_file, workdir / "engine.pgid")
+    run = Run(command, out.write, console_file, workdir / "engine.pgid")
     job.run = run
     _check(job)
     try:
@@ -132,6 +153,9 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     zip_path = workdir / "all.zip"
     outputs = json.loads(record["outputs"]) if record.get("outputs") else None
     say(["Compressing all.zip"])
+    out.release()
+    if not out.drain(CONSOLE_DRAIN_SECONDS):
+        raise Failed("Could not store the console (Redis unavailable)")
     _write_console(rt, job, console_file)
     files.build_all_zip(project, zip_path, outputs, check=lambda: _check(job))
     rt.tasks.set_progress(uuid, 97)
@@ -209,15 +233,8 @@ def _check(job: Job) -> None:
         raise Stop()
 
 
-def _console(rt: WorkerRuntime, job: Job) -> Any:
-    def say(lines: list[str]) -> None:
-        _push(rt, job, lines)
-
-    return say
-
-
-def _push(rt: WorkerRuntime, job: Job, lines: list[str]) -> None:
-    if not rt.tasks.append_output(job.uuid, job.run_id, lines):
+def _push(rt: WorkerRuntime, job: Job, lines: list[str], first: int | None = None) -> None:
+    if not rt.tasks.append_output(job.uuid, job.run_id, lines, first):
         job.cancel("superseded")
 
 

@@ -28,6 +28,7 @@ from shared.storage import ObjectStore, make_store
 from shared.taskstore import Keys, TaskStore, new_run_id, now_ms
 from workers.engines.base import Engine, EngineInfo
 from workers.hostinfo import detect_gpu, host_facts
+from workers.progress import ENGINE_SHARE
 from workers.runner import Run, kill_tree
 
 log = logging.getLogger(__name__)
@@ -254,16 +255,23 @@ class WorkerRuntime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
         sock.settimeout(1.0)
+        held: dict[str, float] = {}  # the latest value per task not stored yet (Redis unavailable)
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
-            except TimeoutError:
-                continue
-            except OSError:
-                continue
-            parsed = parse_progress(data)
+            except OSError:  # includes the timeout: time to retry what is held
+                data = b""
+            parsed = parse_progress(data) if data else None
             if parsed:
-                _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))
+                held[parsed[0]] = max(held.get(parsed[0], 0.0), parsed[1])
+            for uuid, value in list(held.items()):
+                try:
+                    self.tasks.set_progress(uuid, value * ENGINE_SHARE)
+                except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
+                    log.warning("progress of %s held back: %s", uuid, exc)
+                    break
+                if held.get(uuid) == value:
+                    del held[uuid]
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
