@@ -1,6 +1,6 @@
 """Redis killed (SIGKILL) and restarted from its AOF while a real worker runs a task: no console line or
-progress value is lost, none is doubled. ODM_FARM_TEST_OUTAGE_SECONDS sets the outage (default 14 s, longer than
-the Redis client's own retries, so the worker really sees errors; the issue's figure is 60 s)."""
+progress value is lost, none is doubled. ODM_FARM_TEST_OUTAGE_SECONDS sets the outage (default 20 s, longer than
+the Redis client's own retries (~15 s), so the worker really sees errors; the issue's figure is 60 s)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.e2e.helpers import make_images, wait_status
 from tests.support.farm import Farm, farm_env, wait_until
 from workers.progress import ENGINE_SHARE, WEIGHTS
 
-OUTAGE = float(os.environ.get("ODM_FARM_TEST_OUTAGE_SECONDS", "14"))
+OUTAGE = float(os.environ.get("ODM_FARM_TEST_OUTAGE_SECONDS", "20"))
 SIMULATE_STAGES = ("dataset", "split", "merge", "opensfm", "openmvs", "odm_filterpoints", "odm_meshing",
                    "mvs_texturing", "odm_georeferencing", "odm_dem", "odm_orthophoto", "odm_report",
                    "odm_postprocess")
