@@ -146,7 +146,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
         raise Failed(exit_code_message(code if code > 0 else 128 - code))
 
     if record.get("skipPostProcessing") != "1":
-        postprocess(project, lambda text: say([text]))
+        postprocess(project, lambda text: say([text]), adopt=lambda tool: _adopt(job, tool))
     rt.tasks.set_progress(uuid, 93)
     _check(job)
 
@@ -226,6 +226,12 @@ def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zi
         rt.store.put_file(prefix + "images.json", project / "images.json")
     # all.zip last: its presence is what "results ready" means to the download route
     rt.store.put_file(prefix + "all.zip", zip_path)
+
+
+def _adopt(job: Job, run: Run) -> None:
+    """A post-processing tool becomes the job's process: cancel, max runtime and shutdown kill it."""
+    job.run = run
+    _check(job)  # after the assignment: a cancel that came before it is seen here, one after it kills `run`
 
 
 def _check(job: Job) -> None:
