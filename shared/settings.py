@@ -137,6 +137,9 @@ class Settings:
     )
     max_upload_mb: int = _setting(0, int, help="largest single upload request in MB; 0 = unlimited")
     zip_max_bytes: int = _setting(0, int, help="largest zipurl download in bytes; 0 = unlimited")
+    min_free_disk_mb: int = _setting(
+        0, int, help="a worker with less free scratch space (MB) takes no new tasks; 0 = no check"
+    )
     console_max_lines: int = _setting(
         100000,
         _positive_int,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -24,7 +26,9 @@ from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
+CONSOLE_DRAIN_SECONDS = 90.0
+NO_SPACE = "No space left on device"  # strerror(ENOSPC), as ODM's tools and Python print it
+NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails  # how long a finished run keeps retrying to store its last console lines
 
 
 class Stop(Exception):
@@ -102,6 +106,10 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     out.start()
     try:
         return _run_steps(rt, job, record, workdir, out)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:  # fetching inputs, unpacking, zipping: the scratch disk is full
+            raise
+        raise Failed(_no_space(rt, workdir)) from None
     finally:
         out.close(5.0 if job.cancelled.is_set() else CONSOLE_DRAIN_SECONDS)
 
@@ -132,7 +140,13 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     options = _engine_options(rt, record, say)
     command = rt.engine.command(options, root, uuid, placed.input_flags)
     console_file = project / "task_output.txt"
-    run = Run(command, out.write, console_file, workdir / "engine.pgid")
+    engine_tail: deque[str] = deque(maxlen=NO_SPACE_TAIL)
+
+    def engine_console(lines: list[str]) -> None:
+        engine_tail.extend(lines)
+        out.write(lines)
+
+    run = Run(command, engine_console, console_file, workdir / "engine.pgid")
     job.run = run
     _check(job)
     try:
@@ -143,6 +157,8 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     _check(job)
     if code != 0:
         say([f"Engine exited with code {code}."])
+        if any(NO_SPACE in line for line in engine_tail):
+            raise Failed(_no_space(rt, workdir))
         raise Failed(exit_code_message(code if code > 0 else 128 - code))
 
     if record.get("skipPostProcessing") != "1":
@@ -226,6 +242,17 @@ def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zi
         rt.store.put_file(prefix + "images.json", project / "images.json")
     # all.zip last: its presence is what "results ready" means to the download route
     rt.store.put_file(prefix + "all.zip", zip_path)
+
+
+def _no_space(rt: WorkerRuntime, workdir: Path) -> str:
+    """The message for a full scratch disk; frees this run's scratch at once, whatever keep_failed_scratch says."""
+    for name in ("project", "inputs", "all.zip", "assets"):
+        target = workdir / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    return f"Not enough disk space on worker {rt.id}"
 
 
 def _adopt(job: Job, run: Run) -> None:

@@ -5,13 +5,16 @@
 #   python simulate_odm.py [ODM options] --project-path <root> <name>
 # Test controls: env ODM_FARM_SIMULATE_SECONDS (total duration, default 5), ODM_FARM_SIMULATE_EXIT (exit code
 # after the first stage), ODM_FARM_PROGRESS_PORT (UDP port, default 6367); an image named
-# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset.
+# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset; an image named
+# simulate-enospc.<ext> makes the openmvs stage write until the disk is "full": the write fails with ENOSPC
+# (injected after 1 MB) and the run ends with Python's traceback, as ODM does when a disk fills up.
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime
+import errno
 import json
 import math
 import os
@@ -416,6 +419,8 @@ class Run:
                     f"(use --rerun-from {stage} to compute it again)",
                 )
             else:
+                if stage == "openmvs" and any((self.project / "images").glob("simulate-enospc.*")):
+                    fill_disk(self)
                 if stage in CHILD_STAGES:
                     self.spawn_child(CHILD_STAGES[stage])
                 self.work(stage, previous, PROGRESS[stage])
@@ -813,6 +818,16 @@ STAGE_OUTPUTS: dict[str, Callable[[Run], list[Path]]] = {
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def fill_disk(run: Run) -> None:
+    """Write the dense cloud until the disk is full; the full disk is injected after 1 MB."""
+    target = run.path("opensfm", "undistorted", "openmvs", "scene_dense.mvs")
+    with target.open("wb") as f:
+        for _ in range(16):
+            f.write(os.urandom(64 * 1024))
+        f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
 
 def controls(images_dir: Path, env: dict[str, str]) -> tuple[float, int | None]:
