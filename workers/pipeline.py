@@ -179,6 +179,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
 
+    out.close(CONSOLE_DRAIN_SECONDS)  # every console line is stored before clients see COMPLETED
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
     done = rt.tasks.transition(
         uuid, TaskStatus.COMPLETED, run_id=job.run_id, progress=100, processingTime=now_ms() - started

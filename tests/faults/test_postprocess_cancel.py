@@ -62,3 +62,17 @@ def test_cancel_stops_post_processing_within_two_seconds(farm_factory: Any, tmp_
     assert wait_status(farm, task.uuid, (50,))["status"]["code"] == 50
     lines = farm.get(f"/task/{task.uuid}/output").json()
     assert any("Post-processing: Building EPT" in line for line in lines), lines
+
+
+def test_max_runtime_stops_post_processing(farm_factory: Any, tmp_path: Path) -> None:
+    pids_file = tmp_path / "tool-pids"
+    tools = slow_tools(tmp_path / "bin")
+    farm = farm_factory(workers=0, simulate_seconds=0.5, max_runtime=6)
+    farm.start_worker(PATH=f"{tools}{os.pathsep}{os.environ['PATH']}", FAKE_TOOL_PIDS=str(pids_file))
+    task = farm.node().create_task(make_images(tmp_path / "in", 2), {"pc-ept": False})
+    wait_until(lambda: pids_file.exists() and pids_file.read_text().strip(), 30,
+               f"post-processing never started:\n{farm.logs()}")
+    pids = [int(p) for p in pids_file.read_text().split()]
+    info = wait_status(farm, task.uuid, (50, 40, 30), timeout=20)
+    assert info["status"]["code"] == 50, info
+    wait_until(lambda: not any(alive(pid) for pid in pids), 3, f"tools outlived the maximum runtime: {pids}")
