@@ -178,6 +178,9 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     _check(job)
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
+    shutil.rmtree(
+        workdir, ignore_errors=True
+    )  # results are stored: the scratch is free before clients see COMPLETED
 
     out.close(CONSOLE_DRAIN_SECONDS)  # every console line is stored before clients see COMPLETED
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
