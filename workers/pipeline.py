@@ -26,9 +26,9 @@ from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-CONSOLE_DRAIN_SECONDS = 90.0
+CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), as ODM's tools and Python print it
-NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails  # how long a finished run keeps retrying to store its last console lines
+NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails
 
 
 class Stop(Exception):
@@ -178,9 +178,8 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     _check(job)
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
-    shutil.rmtree(
-        workdir, ignore_errors=True
-    )  # results are stored: the scratch is free before clients see COMPLETED
+    # results are stored: the scratch is free before clients see COMPLETED
+    shutil.rmtree(workdir, ignore_errors=True)
 
     out.close(CONSOLE_DRAIN_SECONDS)  # every console line is stored before clients see COMPLETED
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
