@@ -156,6 +156,14 @@ class Settings:
     archive_max_entries: int = _setting(
         100_000, _positive_int, help="entries in one of a task's archives (seed.zip, zips, zipurl)"
     )
+    min_free_disk_mb: int = _setting(
+        0, int, help="a worker with less free scratch space (MB) takes no new tasks; 0 = no check"
+    )
+    console_max_lines: int = _setting(
+        100000,
+        _positive_int,
+        help="console lines kept per run: the first ones, then the last 1000 at its end",
+    )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
     api_threads: int = _setting(16, _positive_int, help="threads per gunicorn worker")
 
@@ -258,7 +266,14 @@ def _problems(s: Settings) -> list[str]:
             f"must be shorter than {PREFIX}WORKER_TTL ({s.worker_ttl:g}), or live workers look gone",
         )
     check("webhook_retries", s.webhook_retries >= 1, "must be at least 1")
-    for name in ("cleanup_minutes", "max_upload_mb", "zip_max_bytes", "max_runtime", "simulate_seconds"):
+    for name in (
+        "cleanup_minutes",
+        "max_upload_mb",
+        "zip_max_bytes",
+        "max_runtime",
+        "simulate_seconds",
+        "min_free_disk_mb",
+    ):
         check(name, getattr(s, name) >= 0, "must not be negative")
     check("worker_queues", set(s.worker_queues) <= {"cpu", "gpu"}, "queues are cpu and gpu")
     for entry in s.blocked_networks:

@@ -100,10 +100,25 @@ if new > cur then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) return 1 end
 return 0
 """
 
-# KEYS: task, output ; ARGV: run id, lines... Lines of a superseded run or a removed task are dropped.
+# KEYS: task, output ; ARGV: run id, number of the first line ('' = not numbered), lines... Lines of a superseded
+# run or a removed task are dropped (-1). Numbered lines (1, 2, ... per run) already stored are skipped, so a
+# batch re-sent after a lost reply (a Redis restart) is stored once; the task's `consoleSeq` is "<run>:<last>".
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'runId') ~= ARGV[1] then return -1 end
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local from = 3
+if ARGV[2] ~= '' then
+  local stored = 0
+  local mark = redis.call('HGET', KEYS[1], 'consoleSeq')
+  if mark then
+    local run, n = string.match(mark, '^(.*):(%d+)$')
+    if run == ARGV[1] then stored = tonumber(n) end
+  end
+  local first = tonumber(ARGV[2])
+  from = 3 + math.max(0, stored - first + 1)
+  local last = first + #ARGV - 3
+  if last > stored then redis.call('HSET', KEYS[1], 'consoleSeq', ARGV[1] .. ':' .. last) end
+end
+for i = from, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 return redis.call('LLEN', KEYS[2])
 """
 
@@ -365,10 +380,14 @@ class TaskStore:
         return list(self.r.zrangebyscore(Keys.finished, "-inf", when_s))
 
     # --- console and progress -------------------------------------------------------------
-    def append_output(self, uuid: str, run_id: str, lines: list[str]) -> bool:
+    def append_output(self, uuid: str, run_id: str, lines: list[str], first: int | None = None) -> bool:
+        """False when the run was superseded. `first`: the number of lines[0] in the run's numbered console
+        (from 1), so that a retried call stores each line once."""
         if not lines:
             return True
-        return int(self._append(keys=[Keys.task(uuid), Keys.output(uuid)], args=[run_id, *lines])) >= 0
+        number = "" if first is None else str(int(first))
+        args = [run_id, number, *lines]
+        return int(self._append(keys=[Keys.task(uuid), Keys.output(uuid)], args=args)) >= 0
 
     def output(self, uuid: str, start: int = 0) -> list[str]:
         """Lines from `start`, Python-slice style: negative = the last |start| lines."""

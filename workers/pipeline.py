@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,15 @@ from shared.safety import redact_text, redact_url
 from shared.taskstore import now_ms
 from workers import files
 from workers.postprocess import postprocess
-from workers.runner import Run
+from workers.progress import ENGINE_SHARE, StageProgress
+from workers.runner import Flusher, Run
 from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
+NO_SPACE = "No space left on device"  # strerror(ENOSPC), as ODM's tools and Python print it
+NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails
 
 
 class Stop(Exception):
@@ -97,8 +104,30 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
 
 
 def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> str:
+    # every console line of the run goes through one flusher: in order, numbered, retried through a Redis outage
+    stages = StageProgress()
+
+    def send(lines: list[str], first: int) -> None:
+        _push(rt, job, lines, first)
+        value = stages.feed(lines)  # progress even when ODM's datagrams go to another listener on the host
+        if value is not None:
+            rt.tasks.set_progress(job.uuid, value * ENGINE_SHARE)
+
+    out = Flusher(send, limit=rt.settings.console_max_lines)
+    out.start()
+    try:
+        return _run_steps(rt, job, record, workdir, out)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:  # fetching inputs, unpacking, zipping: the scratch disk is full
+            raise
+        raise Failed(_no_space(rt, workdir)) from None
+    finally:
+        out.close(5.0 if job.cancelled.is_set() else CONSOLE_DRAIN_SECONDS)
+
+
+def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path, out: Flusher) -> str:
     uuid = job.uuid
-    say = _console(rt, job)
+    say = out.write
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "worker.pid").write_text(str(os.getpid()))
     inputs, root = workdir / "inputs", workdir / "project"
@@ -130,7 +159,13 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     options = _engine_options(rt, record, say)
     command = rt.engine.command(options, root, uuid, placed.input_flags)
     console_file = project / "task_output.txt"
-    run = Run(command, lambda lines: _push(rt, job, lines), console_file, workdir / "engine.pgid")
+    engine_tail: deque[str] = deque(maxlen=NO_SPACE_TAIL)
+
+    def engine_console(lines: list[str]) -> None:
+        engine_tail.extend(lines)
+        out.write(lines)
+
+    run = Run(command, engine_console, console_file, workdir / "engine.pgid")
     job.run = run
     _check(job)
     try:
@@ -141,23 +176,31 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
     _check(job)
     if code != 0:
         say([f"Engine exited with code {code}."])
+        if any(NO_SPACE in line for line in engine_tail):
+            raise Failed(_no_space(rt, workdir))
         raise Failed(exit_code_message(code if code > 0 else 128 - code))
 
     if record.get("skipPostProcessing") != "1":
-        postprocess(project, lambda text: say([text]))
+        postprocess(project, lambda text: say([text]), adopt=lambda tool: _adopt(job, tool))
     rt.tasks.set_progress(uuid, 93)
     _check(job)
 
     zip_path = workdir / "all.zip"
     outputs = json.loads(record["outputs"]) if record.get("outputs") else None
     say(["Compressing all.zip"])
+    out.release()
+    if not out.drain(CONSOLE_DRAIN_SECONDS):
+        raise Failed("Could not store the console (Redis unavailable)")
     _write_console(rt, job, console_file)
     files.build_all_zip(project, zip_path, outputs, check=lambda: _check(job))
     rt.tasks.set_progress(uuid, 97)
     _check(job)
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
+    # results are stored: the scratch is free before clients see COMPLETED
+    shutil.rmtree(workdir, ignore_errors=True)
 
+    out.close(CONSOLE_DRAIN_SECONDS)  # every console line is stored before clients see COMPLETED
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
     done = rt.tasks.transition(
         uuid,
@@ -227,22 +270,32 @@ def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zi
     rt.store.put_file(prefix + "all.zip", zip_path)
 
 
+def _no_space(rt: WorkerRuntime, workdir: Path) -> str:
+    """The message for a full scratch disk; frees this run's scratch at once, whatever keep_failed_scratch says."""
+    for name in ("project", "inputs", "all.zip", "assets"):
+        target = workdir / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    return f"Not enough disk space on worker {rt.id}"
+
+
+def _adopt(job: Job, run: Run) -> None:
+    """A post-processing tool becomes the job's process: cancel, max runtime and shutdown kill it."""
+    job.run = run
+    _check(job)  # after the assignment: a cancel that came before it is seen here, one after it kills `run`
+
+
 def _check(job: Job) -> None:
     if job.cancelled.is_set():
         raise Stop()
 
 
-def _console(rt: WorkerRuntime, job: Job) -> Any:
-    def say(lines: list[str]) -> None:
-        _push(rt, job, lines)
-
-    return say
-
-
-def _push(rt: WorkerRuntime, job: Job, lines: list[str]) -> None:
+def _push(rt: WorkerRuntime, job: Job, lines: list[str], first: int | None = None) -> None:
     # defence in depth: whatever the engine prints, no secret this node knows is stored or shown
     lines = [redact_text(line, rt.settings.secrets) for line in lines]
-    if not rt.tasks.append_output(job.uuid, job.run_id, lines):
+    if not rt.tasks.append_output(job.uuid, job.run_id, lines, first):
         job.cancel("superseded")
 
 

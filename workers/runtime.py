@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from shared import outbox
 from shared.errors import TaskNotFound
@@ -29,6 +29,7 @@ from shared.storage import ObjectStore, make_store
 from shared.taskstore import Keys, TaskStore, new_run_id, now_ms
 from workers.engines.base import Engine, EngineInfo
 from workers.hostinfo import detect_gpu, host_facts
+from workers.progress import ENGINE_SHARE
 from workers.runner import Run, kill_tree
 from workers.smproxy import ClusterProxy
 
@@ -98,6 +99,8 @@ class WorkerRuntime:
         self.jobs_lock = threading.Lock()
         self.stopping = threading.Event()
         self.started_at = time.time()
+        self.disk_note = ""  # why this worker takes no tasks now (scratch disk too full), or ""
+        self._consumer: Any = None  # Celery's task consumer, once the worker is ready
         self._threads: list[threading.Thread] = []
         self.cluster: ClusterProxy | None = None  # split-merge's way back to the farm, token added there
 
@@ -111,6 +114,7 @@ class WorkerRuntime:
         if self.settings.public_url:
             self.cluster = ClusterProxy(self.settings.public_url, self.settings.token)
             self.cluster.start()
+        signals.worker_ready.connect(self._on_consumer_ready, weak=False)
         self.beat()
         for target in (
             self._webhook_loop,
@@ -175,12 +179,16 @@ class WorkerRuntime:
 
     # --- heartbeat ------------------------------------------------------------------------
     def beat(self) -> None:
+        note = self.check_disk()
         info: dict[str, Any] = {
             "id": self.id,
             "name": self.id,
             "queues": list(self.queues),
             "gpu": self.gpu,
-            "slots": self.settings.worker_slots,
+            # a worker that takes no tasks offers no slot (tasks report QUEUED, the reaper does not re-send)
+            "slots": 0 if note else self.settings.worker_slots,
+            "accepting": not note,
+            "note": note,
             "running": [j.uuid for j in self.running()],
             "engine": self.engine_info.name if self.engine_info else "",
             "engineVersion": self.engine_info.version if self.engine_info else "",
@@ -190,6 +198,60 @@ class WorkerRuntime:
         }
         info.update(host_facts(self.scratch))
         self.tasks.heartbeat(self.id, info)
+
+    # --- scratch disk: a worker short of space stops taking tasks until space is freed ------------
+    def low_disk_message(self) -> str:
+        limit_mb = self.settings.min_free_disk_mb
+        if not limit_mb:
+            return ""
+        try:
+            free_mb = shutil.disk_usage(self.scratch).free // 2**20
+        except OSError as exc:
+            return f"Not taking tasks: scratch folder unusable ({exc})"
+        if free_mb >= limit_mb:
+            return ""
+        return (
+            f"Not taking tasks: {free_mb} MB free on the scratch disk, under the "
+            f"{limit_mb} MB of ODM_FARM_MIN_FREE_DISK_MB"
+        )
+
+    def check_disk(self) -> str:
+        """Stop or resume consuming the task queues as free scratch space crosses the setting."""
+        note = self.low_disk_message()
+        if note and not self.disk_note:
+            log.warning("worker %s: %s", self.id, note)
+        elif self.disk_note and not note:
+            log.info("worker %s: scratch disk has room again, taking tasks", self.id)
+        changed = bool(note) != bool(self.disk_note)
+        self.disk_note = note
+        if changed and self._consumer is not None:
+            self._in_consumer(self._set_consuming)
+        return note
+
+    def _on_consumer_ready(self, sender: Any = None, **_: Any) -> None:
+        self._consumer = sender
+        self._set_consuming()  # runs in the consumer's thread: a full disk at start takes nothing
+
+    def _in_consumer(self, fn: Any) -> None:
+        # kombu consumers are not thread-safe: run on the consumer's event loop when there is one
+        hub = getattr(self._consumer, "hub", None)
+        if hub is not None:
+            hub.call_soon(fn)
+        else:
+            fn()
+
+    def _set_consuming(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for queue in self.queues:
+            try:
+                if self.disk_note:
+                    consumer.cancel_task_queue(queue)
+                else:
+                    consumer.add_task_queue(queue)
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.warning("could not %s queue %s: %s", "pause" if self.disk_note else "resume", queue, exc)
 
     def _heartbeat_loop(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
@@ -267,16 +329,23 @@ class WorkerRuntime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
         sock.settimeout(1.0)
+        held: dict[str, float] = {}  # the latest value per task not stored yet (Redis unavailable)
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
-            except TimeoutError:
-                continue
-            except OSError:
-                continue
-            parsed = parse_progress(data)
+            except OSError:  # includes the timeout: time to retry what is held
+                data = b""
+            parsed = parse_progress(data) if data else None
             if parsed:
-                _guard(lambda p=parsed: self.tasks.set_progress(p[0], p[1] * 0.9))
+                held[parsed[0]] = max(held.get(parsed[0], 0.0), parsed[1])
+            for uuid, value in list(held.items()):
+                try:
+                    self.tasks.set_progress(uuid, value * ENGINE_SHARE)
+                except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
+                    log.warning("progress of %s held back: %s", uuid, exc)
+                    break
+                if held.get(uuid) == value:
+                    del held[uuid]
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:

@@ -623,3 +623,18 @@ def test_delete_removes_every_key_of_the_task(store: TaskStore) -> None:
             assert uuid not in json.dumps(value), key
         assert not store.exists(uuid) and not store.has_lease(uuid)
     assert store.list_uuids() == [keep] and store.output(keep) == ["kept"] and store.active_uuids() == [keep]
+
+
+def test_numbered_console_lines_are_stored_once_when_a_batch_is_sent_again(store: TaskStore) -> None:
+    uuid, run_id = make_task(store, S.RUNNING)
+    assert store.append_output(uuid, run_id, ["a", "b"], first=1)
+    assert store.append_output(uuid, run_id, ["a", "b"], first=1)  # the reply was lost: sent again
+    assert store.append_output(uuid, run_id, ["a", "b", "c"], first=1)  # again, with a new line behind
+    assert store.append_output(uuid, run_id, ["farm line"])  # not numbered: always appended
+    assert store.append_output(uuid, run_id, ["d"], first=4)
+    assert store.output(uuid) == ["a", "b", "c", "farm line", "d"]
+    # the next run numbers from 1 again
+    new_run = new_run_id()
+    assert store.transition(uuid, S.RUNNING, run_id=run_id, runId=new_run, attempt=2).ok
+    assert store.append_output(uuid, new_run, ["e"], first=1)
+    assert store.output(uuid)[-1] == "e"

@@ -278,3 +278,84 @@ def test_kill_after_exit_is_harmless(tmp_path: Path) -> None:
     run.kill()
     run.kill()
     assert console.lines == ["done"]
+
+
+# --- a failing console receiver (e.g. Redis restarting) --------------------------------------------
+class FlakyConsole(Console):
+    """Raises like a Redis client during an outage until `down` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.refused = 0
+
+    def __call__(self, lines: list[str]) -> None:
+        if self.down.is_set():
+            self.refused += 1
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        super().__call__(lines)
+
+
+def test_console_lines_survive_a_receiver_outage_in_order_while_the_process_runs(tmp_path: Path) -> None:
+    console = FlakyConsole()
+    run = Run(python("""
+        import time
+        for i in range(60):
+            print(i, flush=True)
+            time.sleep(0.05)
+        time.sleep(3)
+        print("last", flush=True)
+    """), console, tmp_path / "console.txt")
+    console.down.set()
+    run.start()
+    waiter = Waiter(run)
+    waiter.start()
+    time.sleep(1.0)  # the receiver refuses the first second of lines
+    assert console.refused > 0
+    console.down.clear()
+    # the flusher is still alive: the held lines arrive while the engine is still running
+    lines = console.wait_for(lambda ls: len(ls) >= 60, timeout=2.5)
+    assert run.proc is not None and run.proc.poll() is None
+    waiter.join(10)
+    assert waiter.code == 0
+    assert console.lines == [str(i) for i in range(60)] + ["last"], lines
+
+
+def test_flusher_numbers_lines_so_a_resent_batch_can_be_recognised() -> None:
+    from workers.runner import Flusher
+
+    stored: list[str] = []
+    calls: list[tuple[list[str], int]] = []
+    lose_reply = [True]
+
+    def send(lines: list[str], first: int) -> None:
+        calls.append((list(lines), first))
+        new = lines[max(0, len(stored) - first + 1):]  # what a numbered store keeps
+        stored.extend(new)
+        if lose_reply[0]:
+            lose_reply[0] = False
+            raise TimeoutError("reply lost")
+
+    out = Flusher(send)
+    out.write(["a", "b"])
+    assert not out.flush()  # stored, but the sender does not know
+    out.write(["c"])
+    assert out.flush()
+    assert calls == [(["a", "b"], 1), (["a", "b", "c"], 1)]
+    out.write(["d"])
+    assert out.flush()
+    assert calls[-1] == (["d"], 4)
+    assert stored == ["a", "b", "c", "d"]
+
+
+def test_flusher_limit_keeps_the_first_lines_and_the_last_ones() -> None:
+    from workers.runner import Flusher
+
+    got: list[str] = []
+    out = Flusher(lambda lines, _first: got.extend(lines), limit=10)
+    out.write([str(i) for i in range(100)])
+    assert out.flush()
+    assert got[:5] == ["0", "1", "2", "3", "4"] and len(got) == 6 and "limit of 10 lines" in got[5]
+    assert out.close(1)
+    assert "90 console lines were left out" in got[6]
+    assert got[7:] == ["95", "96", "97", "98", "99"]

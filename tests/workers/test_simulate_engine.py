@@ -219,7 +219,9 @@ def test_switches_leave_out_dems_orthophoto_and_report(tmp_path: Path, udp: sock
     assert result.returncode == 0, result.stderr
     assert not (project / "odm_dem").exists()
     assert not (project / "odm_orthophoto").exists()
-    assert not (project / "odm_report").exists()
+    # ODM writes the camera shots before it looks at --skip-report (stages/odm_report.py)
+    assert not (project / "odm_report" / "report.pdf").exists()
+    assert (project / "odm_report" / "shots.geojson").exists()
     assert not (project / "entwine_pointcloud").exists()
     assert (project / "odm_georeferencing" / "odm_georeferenced_model.laz").is_file()
 
@@ -406,3 +408,91 @@ def test_sigterm_to_the_leader_alone_orphans_the_child(tmp_path: Path, udp: sock
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert wait_for(lambda: gone(child), timeout=5)
+
+
+# --- ODM outputs clients and split-merge rely on ---------------------------------------------------------
+def test_gltf_writes_a_binary_gltf_and_every_run_writes_shots(tmp_path: Path, udp: socket.socket) -> None:
+    project = make_project(tmp_path)
+    engine = SimulateEngine(seconds=0, progress_port=udp.getsockname()[1])
+    result = run(engine, tmp_path, options={"gltf": True, "skip-report": True})
+    assert result.returncode == 0, result.stderr
+    glb = (project / "odm_texturing" / "odm_textured_model_geo.glb").read_bytes()
+    magic, version, length = struct.unpack_from("<4sII", glb)
+    assert (magic, version, length) == (b"glTF", 2, len(glb))
+    json_length, kind = struct.unpack_from("<I4s", glb, 12)
+    document = json.loads(glb[20 : 20 + json_length])
+    assert kind == b"JSON" and document["asset"]["version"] == "2.0"
+    bin_length, bin_kind = struct.unpack_from("<I4s", glb, 20 + json_length)
+    assert bin_kind == b"BIN\x00" and bin_length == document["buffers"][0]["byteLength"]
+    shots = json.loads((project / "odm_report" / "shots.geojson").read_text())
+    assert shots["type"] == "FeatureCollection"
+    assert sorted(f["properties"]["filename"] for f in shots["features"]) == ["DJI_0001.JPG", "DJI_0002.JPG", "small.jpg"]
+    assert all(f["geometry"]["type"] == "Point" for f in shots["features"])
+
+    other = make_project(tmp_path, "task-2")
+    assert run(engine, tmp_path, "task-2").returncode == 0
+    assert not (other / "odm_texturing" / "odm_textured_model_geo.glb").exists()
+
+
+def test_split_merge_reconstruction_stops_after_opensfm_with_what_the_merge_reads(
+    tmp_path: Path, udp: socket.socket
+) -> None:
+    import gzip
+    import pickle
+
+    import numpy
+
+    project = make_project(tmp_path)
+    # what ODM's LocalRemoteExecutor seeds a remote reconstruction task with
+    (project / "opensfm").mkdir()
+    (project / "opensfm" / "split_merge_stop_at_reconstruction.txt").touch()
+    seeded = {"latitude": 1.5, "longitude": 2.5, "altitude": 3.5}
+    (project / "opensfm" / "reference_lla.json").write_text(json.dumps(seeded))
+    engine = SimulateEngine(seconds=0, progress_port=udp.getsockname()[1])
+    result = run(engine, tmp_path, options={"dsm": True})
+    assert result.returncode == 0, result.stderr
+    assert "Stopping OpenSfM early because we found:" in result.stdout
+    assert "[INFO]    Finished opensfm stage" in result.stdout
+    assert "Running openmvs stage" not in result.stdout
+    assert not (project / "odm_orthophoto").exists() and not (project / "odm_dem").exists()
+
+    opensfm = project / "opensfm"
+    assert json.loads((opensfm / "reference_lla.json").read_text()) == seeded  # seeded files are kept
+    assert len(json.loads((opensfm / "reconstruction.json").read_text())[0]["shots"]) == 3
+    assert (opensfm / "tracks.csv").read_text().startswith("OPENSFM_TRACKS_VERSION_v2\n")
+    assert json.loads((opensfm / "camera_models.json").read_text())
+    assert json.loads((project / "cameras.json").read_text())
+    for image in ("DJI_0001.JPG", "DJI_0002.JPG", "small.jpg"):
+        assert json.loads((opensfm / "exif" / f"{image}.exif").read_text())["gps"]["latitude"]
+        assert numpy.load(opensfm / "features" / f"{image}.features.npz")["points"].shape == (0, 4)
+        assert pickle.loads(gzip.decompress((opensfm / "matches" / f"{image}_matches.pkl.gz").read_bytes())) == {}
+
+
+def test_orthophoto_cutline_writes_the_cutline_and_the_cut_and_feathered_orthophotos(
+    tmp_path: Path, udp: socket.socket
+) -> None:
+    import sqlite3
+
+    project = make_project(tmp_path)
+    engine = SimulateEngine(seconds=0, progress_port=udp.getsockname()[1])
+    assert run(engine, tmp_path, options={"orthophoto-cutline": True}).returncode == 0
+    folder = project / "odm_orthophoto"
+    with contextlib.closing(sqlite3.connect(folder / "cutline.gpkg")) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47  # "GPKG"
+        assert db.execute("SELECT data_type, srs_id FROM gpkg_contents WHERE table_name='cutline'").fetchone() == (
+            "features", 32615)
+        (geometry,) = db.execute("SELECT geom FROM cutline").fetchone()
+        assert geometry[:2] == b"GP" and struct.unpack_from("<i", geometry, 4)[0] == 32615
+    alpha = {}
+    for name in ("odm_orthophoto.tif", "odm_orthophoto_cut.tif", "odm_orthophoto_feathered.tif"):
+        tags, data = read_tiff(folder / name)
+        assert tags[277] == (4,)
+        pixels = strip(tags, data)
+        alpha[name] = [pixels[(32 * 64 + x) * 4 + 3] for x in range(64)]  # across the middle row
+    assert alpha["odm_orthophoto.tif"][2] == 255 and alpha["odm_orthophoto_cut.tif"][2] == 0
+    assert alpha["odm_orthophoto_cut.tif"][32] == 255
+    assert 0 < alpha["odm_orthophoto_feathered.tif"][4] < 255 and alpha["odm_orthophoto_feathered.tif"][32] == 255
+
+    plain = make_project(tmp_path, "task-2")
+    assert run(engine, tmp_path, "task-2").returncode == 0
+    assert not (plain / "odm_orthophoto" / "cutline.gpkg").exists()

@@ -5,25 +5,33 @@
 #   python simulate_odm.py [ODM options] --project-path <root> <name>
 # Test controls: env ODM_FARM_SIMULATE_SECONDS (total duration, default 5), ODM_FARM_SIMULATE_EXIT (exit code
 # after the first stage), ODM_FARM_PROGRESS_PORT (UDP port, default 6367); an image named
-# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset.
+# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset; an image named
+# simulate-enospc.<ext> makes the openmvs stage write until the disk is "full": the write fails with ENOSPC
+# (injected after 1 MB) and the run ends with Python's traceback, as ODM does when a disk fills up.
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime
+import errno
+import gzip
+import io
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -416,11 +424,19 @@ class Run:
                     f"(use --rerun-from {stage} to compute it again)",
                 )
             else:
+                if stage == "openmvs" and any((self.project / "images").glob("simulate-enospc.*")):
+                    fill_disk(self)
                 if stage in CHILD_STAGES:
                     self.spawn_child(CHILD_STAGES[stage])
                 self.work(stage, previous, PROGRESS[stage])
                 self.kill_children()
                 STAGE_WRITERS[stage](self)
+            # ODM's split-merge runs a submodel's reconstruction on another node with this flag file: OpenSfM
+            # stops after the reconstruction and ends the pipeline (stages/run_opensfm.py)
+            stop_flag = self.project / "opensfm" / "split_merge_stop_at_reconstruction.txt"
+            stop_here = stage == "opensfm" and stop_flag.exists()
+            if stop_here:
+                log("INFO", f"Stopping OpenSfM early because we found: {stop_flag}")
             log("INFO", f"Finished {stage} stage")
             self.send_progress(PROGRESS[stage])
             previous = PROGRESS[stage]
@@ -434,6 +450,8 @@ class Run:
             )
             if index == 0 and self.exit_code is not None:
                 return self.fail(self.exit_code)
+            if stop_here:
+                break
         if last < len(STAGES) - 1:
             log("INFO", "No more stages to run")
         log("INFO", f"ODM app finished - {time.strftime('%a %b %d %H:%M:%S %Y')}")
@@ -570,10 +588,71 @@ def write_opensfm(run: Run) -> None:
             "reference_lla": {"latitude": LAT0, "longitude": LON0, "altitude": 200.0},
         }
     ]
+    write_opensfm_dataset(run, entries, cameras)
     log("INFO", f"Extracted features and matched {len(entries)} images")
     run.path("opensfm", "reconstruction.json").write_text(json.dumps(reconstruction), encoding="utf-8")
+    run.path("opensfm", "tracks.csv").write_text(
+        "OPENSFM_TRACKS_VERSION_v2\n"
+        + "".join(
+            f"{name}\t{n}\t{n}\t0.1\t0.1\t0.004\t120\t110\t100\t-1\t-1\n" for n, name in enumerate(shots)
+        ),
+        encoding="utf-8",
+    )
     run.path("cameras.json").write_text(json.dumps(cameras, indent=4), encoding="utf-8")
     log("INFO", f"Reconstructed {len(shots)} shots, exported {run.project / 'cameras.json'}")
+
+
+def write_opensfm_dataset(run: Run, entries: list[dict[str, Any]], cameras: dict[str, Any]) -> None:
+    """What ODM's split-merge moves between nodes: exif, camera models, reference position (kept when seeded),
+    features and matches per image (OpenSfM's npz / pickle formats, empty)."""
+    for entry in entries:
+        name = entry["filename"]
+        exif = run.path("opensfm", "exif", f"{name}.exif")
+        if not exif.exists():
+            exif.write_text(
+                json.dumps(
+                    {
+                        "make": entry.get("camera_make", "DJI"),
+                        "model": entry.get("camera_model", "FC6310"),
+                        "width": entry.get("width", 4000),
+                        "height": entry.get("height", 3000),
+                        "projection_type": "brown",
+                        "focal_ratio": 0.8333,
+                        "orientation": 1,
+                        "capture_time": entry.get("utc_time", 0.0) / 1000.0,
+                        "gps": {
+                            "latitude": entry.get("latitude", LAT0),
+                            "longitude": entry.get("longitude", LON0),
+                            "altitude": entry.get("altitude", 320.0),
+                            "dop": 10.0,
+                        },
+                        "camera": next(iter(cameras)),
+                    },
+                    indent=4,
+                ),
+                encoding="utf-8",
+            )
+        run.path("opensfm", "features", f"{name}.features.npz").write_bytes(npz_bytes())
+        run.path("opensfm", "matches", f"{name}_matches.pkl.gz").write_bytes(gzip.compress(pickle.dumps({})))
+    models = run.path("opensfm", "camera_models.json")
+    if not models.exists():
+        models.write_text(json.dumps(cameras, indent=4), encoding="utf-8")
+    reference = run.path("opensfm", "reference_lla.json")
+    if not reference.exists():
+        reference.write_text(
+            json.dumps({"latitude": LAT0, "longitude": LON0, "altitude": 200.0}, indent=4), encoding="utf-8"
+        )
+
+
+def npz_bytes() -> bytes:
+    """A NumPy .npz holding an empty float32 (0, 4) `points` array, as OpenSfM's feature files do."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4), }"
+    header = header.ljust(64 - 10 - 1) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("points.npy", npy)
+    return buffer.getvalue()
 
 
 def write_openmvs(run: Run) -> None:
@@ -622,6 +701,52 @@ def write_texturing(run: Run) -> None:
             encoding="utf-8",
         )
         log("INFO", f"Textured model written to {run.project / folder}")
+    if run.args.gltf and folders:
+        glb = run.path(folders[0], "odm_textured_model_geo.glb")
+        glb.write_bytes(glb_bytes(grid))
+        log("INFO", f"Generated glTF Binary: {glb}")
+
+
+def glb_bytes(grid: int) -> bytes:
+    """A binary glTF 2.0 of the textured grid's geometry: positions and triangle indices."""
+    positions = [(x * 10.0, (x * y) % 3 * 1.0, -y * 10.0) for y in range(grid) for x in range(grid)]
+    indices = []
+    for y in range(grid - 1):
+        for x in range(grid - 1):
+            a, b, c, d = y * grid + x, y * grid + x + 1, (y + 1) * grid + x + 1, (y + 1) * grid + x
+            indices += [a, b, c, a, c, d]
+    index_data = struct.pack(f"<{len(indices)}H", *indices).ljust((len(indices) * 2 + 3) // 4 * 4, b"\x00")
+    position_data = b"".join(struct.pack("<3f", *p) for p in positions)
+    binary = index_data + position_data
+    document = {
+        "asset": {"version": "2.0", "generator": f"ODM {VERSION} (simulate engine)"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 1}, "indices": 0}]}],
+        "buffers": [{"byteLength": len(binary)}],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": len(indices) * 2, "target": 34963},
+            {"buffer": 0, "byteOffset": len(index_data), "byteLength": len(position_data), "target": 34962},
+        ],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5123, "count": len(indices), "type": "SCALAR"},
+            {
+                "bufferView": 1,
+                "componentType": 5126,
+                "count": len(positions),
+                "type": "VEC3",
+                "min": [min(p[k] for p in positions) for k in range(3)],
+                "max": [max(p[k] for p in positions) for k in range(3)],
+            },
+        ],
+    }
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text = text.ljust((len(text) + 3) // 4 * 4, b" ")
+    chunks = (
+        struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(binary), b"BIN\x00") + binary
+    )
+    return b"glTF" + struct.pack("<II", 2, 12 + len(chunks)) + chunks
 
 
 def write_georeferencing(run: Run) -> None:
@@ -736,10 +861,137 @@ def write_orthophoto(run: Run) -> None:
     )
     if run.args.orthophoto_png:
         run.path("odm_orthophoto", "odm_orthophoto.png").write_bytes(png_bytes(size, size, rows, 4))
+    if run.args.orthophoto_cutline:
+        # what split-merge blends submodel orthophotos with (ODM's orthophoto.compute_cutline / feather_raster)
+        write_cutline(run.path("odm_orthophoto", "cutline.gpkg"))
+        cut: list[bytes] = []
+        feathered: list[bytes] = []
+        for y, line in enumerate(rows):
+            cut_row, feather_row = bytearray(line), bytearray(line)
+            for x in range(size):
+                distance = 31.5 - math.hypot(x - 31.5, y - 31.5)  # pixels inside the survey's edge
+                if distance < 4:  # the cutline runs 4 pixels inside the edge
+                    cut_row[x * 4 + 3] = 0
+                feather_row[x * 4 + 3] = int(line[x * 4 + 3] * min(1.0, max(0.0, distance / 8)))
+            cut.append(bytes(cut_row))
+            feathered.append(bytes(feather_row))
+        for name, data in (("odm_orthophoto_cut.tif", cut), ("odm_orthophoto_feathered.tif", feathered)):
+            run.path("odm_orthophoto", name).write_bytes(
+                tiff_bytes(size, size, 4, False, b"".join(data), pixel)
+            )
+        log("INFO", "Computed cutline, cut and feathered orthophotos")
     log("INFO", f"Orthophoto written ({size}x{size}, compression {run.args.orthophoto_compression})")
 
 
+def write_cutline(path: Path) -> None:
+    """A GeoPackage with one polygon layer `cutline` (EPSG:32615): the survey's edge, 4 pixels inside."""
+    path.unlink(missing_ok=True)
+    centre = (ORIGIN[0] + EXTENT / 2, ORIGIN[1] + EXTENT / 2)
+    radius = EXTENT / 2 - 4 * EXTENT / 64
+    ring = [
+        (
+            centre[0] + radius * math.cos(2 * math.pi * k / 32),
+            centre[1] + radius * math.sin(2 * math.pi * k / 32),
+        )
+        for k in range(32)
+    ]
+    ring.append(ring[0])
+    wkb = (
+        struct.pack("<BII", 1, 3, 1)
+        + struct.pack("<I", len(ring))
+        + b"".join(struct.pack("<2d", *p) for p in ring)
+    )
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    envelope = (min(xs), max(xs), min(ys), max(ys))
+    blob = (
+        b"GP" + bytes([0, 0b00000011]) + struct.pack("<i4d", EPSG, *envelope) + wkb
+    )  # LE header, xy envelope
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            PRAGMA application_id = 1196444487; PRAGMA user_version = 10200;
+            CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY,
+              organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL,
+              description TEXT);
+            CREATE TABLE gpkg_contents (table_name TEXT PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT,
+              description TEXT DEFAULT '', last_change DATETIME, min_x DOUBLE, min_y DOUBLE, max_x DOUBLE,
+              max_y DOUBLE, srs_id INTEGER);
+            CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+              geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+              PRIMARY KEY (table_name, column_name));
+            CREATE TABLE cutline (fid INTEGER PRIMARY KEY AUTOINCREMENT, geom POLYGON);
+            """
+        )
+        db.executemany(
+            "INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", ""),
+                ("Undefined geographic SRS", 0, "NONE", 0, "undefined", ""),
+                ("WGS 84 / UTM zone 15N", EPSG, "EPSG", EPSG, "EPSG:32615", ""),
+            ],
+        )
+        db.execute(
+            "INSERT INTO gpkg_contents VALUES ('cutline', 'features', 'cutline', '', ?, ?, ?, ?, ?, ?)",
+            (
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                envelope[0],
+                envelope[2],
+                envelope[1],
+                envelope[3],
+                EPSG,
+            ),
+        )
+        db.execute(
+            "INSERT INTO gpkg_geometry_columns VALUES ('cutline', 'geom', 'POLYGON', ?, 0, 0)", (EPSG,)
+        )
+        db.execute("INSERT INTO cutline (geom) VALUES (?)", (blob,))
+        db.commit()
+
+
+def write_shots(run: Run) -> None:
+    """odm_report/shots.geojson: one point per reconstructed camera, as ODM exports it for the report and merge."""
+    try:
+        reconstructions = json.loads(
+            (run.project / "opensfm" / "reconstruction.json").read_text(encoding="utf-8")
+        )
+        images = json.loads((run.project / "images.json").read_text(encoding="utf-8"))
+        entries = {e["filename"]: e for e in images}
+        shots = [
+            (name, shot, r.get("cameras", {})) for r in reconstructions for name, shot in r["shots"].items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log("WARNING", f"Cannot extract shots ({exc})")
+        return
+    features = []
+    for name, shot, cameras in sorted(shots, key=lambda item: item[0]):
+        entry = entries.get(name, {})
+        camera = cameras.get(shot["camera"], {})
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {
+                    "filename": name,
+                    "camera": shot["camera"],
+                    "focal": camera.get("focal_x", 0.8333),
+                    "width": camera.get("width", entry.get("width", 4000)),
+                    "height": camera.get("height", entry.get("height", 3000)),
+                    "capture_time": entry.get("utc_time", 0.0) / 1000.0,
+                    "translation": shot["translation"],
+                    "rotation": shot["rotation"],
+                },
+                "geometry": {
+                    "type": "Point",
+                    "coordinates": [entry.get("longitude", LON0), entry.get("latitude", LAT0), 120.0],
+                },
+            }
+        )
+    target = run.path("odm_report", "shots.geojson")
+    target.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
+    log("INFO", f"Wrote {target}")
+
+
 def write_report(run: Run) -> None:
+    write_shots(run)  # ODM writes it before looking at --skip-report
     if run.args.skip_report:
         log("WARNING", "--skip-report is set, the report will not be generated")
         return
@@ -813,6 +1065,16 @@ STAGE_OUTPUTS: dict[str, Callable[[Run], list[Path]]] = {
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def fill_disk(run: Run) -> None:
+    """Write the dense cloud until the disk is full; the full disk is injected after 1 MB."""
+    target = run.path("opensfm", "undistorted", "openmvs", "scene_dense.mvs")
+    with target.open("wb") as f:
+        for _ in range(16):
+            f.write(os.urandom(64 * 1024))
+        f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
 
 def controls(images_dir: Path, env: dict[str, str]) -> tuple[float, int | None]:
