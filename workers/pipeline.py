@@ -136,6 +136,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     project.mkdir(parents=True)
     attempt = int(record.get("attempt") or 1)
     say([f"Worker {rt.id} started processing (attempt {attempt})."])
+    out.flush()  # stored at once, not with the next batch: a run whose worker dies now still shows it began
 
     _fetch_inputs(rt, job, record, inputs, say)
     _check(job)

@@ -499,7 +499,11 @@ def test_hostile_file_names_stay_inside_the_storage_folder(farm: Farm) -> None:
     assert stored == ["ab.jpg", "evil1.jpg", "evil2.jpg", "evil3.jpg"], stored
 
     allowed = (farm.root / "storage", *(farm.root.glob("*/scratch")))
+    # other farms of this session hold names with "evil" of their own (hostile-name tests): skip them
+    others = [f for f in farm.root.parent.iterdir() if f.is_dir() and f != farm.root]
     for path in _files_named(farm.root.parent, "evil"):
+        if any(path.is_relative_to(other) for other in others):
+            continue
         assert any(path.is_relative_to(a) for a in allowed), f"written outside the storage folder: {path}"
     for folder in (ROOT, ROOT.parent, Path("/tmp"), farm.root.parent):
         assert not list(folder.glob("evil*.jpg")), folder
