@@ -139,6 +139,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# KEYS: lease, task ; ARGV: run id, ms, worker id. 1 when the run holds the lease (again) for ms.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder or ARGV[3] == '' then return 0 end
+local st = redis.call('HMGET', KEYS[2], 'runId', 'status', 'worker')
+if st[1] == ARGV[1] and st[2] == '20' and st[3] == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -164,6 +177,7 @@ class TaskStore:
         self._progress = client.register_script(_PROGRESS)
         self._append = client.register_script(_APPEND)
         self._live = client.register_script(_LIVE)
+        self._renew = client.register_script(_RENEW)
         self._take = client.register_script(_TAKE_LEASE)
 
     @classmethod
@@ -416,13 +430,22 @@ class TaskStore:
         value = self.r.hget(Keys.task(uuid), name)
         return None if value is None else str(value)
 
-    def renew_lease(self, uuid: str, run_id: str, seconds: float) -> bool:
-        # only the run that holds it renews it; a superseded run learns it has been replaced
-        script = (
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
+    def renew_lease(self, uuid: str, run_id: str, seconds: float, worker: str = "") -> bool:
+        """Only the run that holds the lease renews it; a superseded run learns it has been replaced.
+
+        A lease that expired while Redis was down (a restart longer than the lease) is taken again by the
+        run that still owns the task (its run id, RUNNING, claimed by `worker`): a healthy run is not lost
+        to an outage.
+        """
+        return bool(
+            self._renew(
+                keys=[Keys.lease(uuid), Keys.task(uuid)], args=[run_id, max(1, int(seconds * 1000)), worker]
+            )
         )
-        return bool(self.r.eval(script, 1, Keys.lease(uuid), run_id, max(1, int(seconds * 1000))))
+
+    def restarted_within(self, seconds: float) -> bool:
+        """Redis itself started less than `seconds` ago: leases and heartbeats may have lapsed while it was down."""
+        return int(self.r.info("server").get("uptime_in_seconds", 0)) < seconds
 
     def has_lease(self, uuid: str) -> bool:
         return bool(self.r.exists(Keys.lease(uuid)))

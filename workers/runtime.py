@@ -282,7 +282,9 @@ class WorkerRuntime:
                 job.cancel("superseded")
             elif int(status) == TaskStatus.CANCELED:
                 job.cancel("canceled")
-            elif renew and not self.tasks.renew_lease(job.uuid, job.run_id, self.settings.lease_seconds):
+            elif renew and not self.tasks.renew_lease(
+                job.uuid, job.run_id, self.settings.lease_seconds, worker=self.id
+            ):
                 job.cancel("lease lost")
             elif self.settings.max_runtime and time.monotonic() - job.started > self.settings.max_runtime:
                 self._cancel_for_runtime(job)
@@ -407,6 +409,11 @@ class WorkerRuntime:
             for q in w.get("queues", ())
         }
         free = free_slots(workers, self.tasks.occupancy())
+        # right after a Redis restart every lease and heartbeat may have lapsed while it was down: give the
+        # live workers time to beat and take their leases again before calling any of them lost
+        settling = self.tasks.restarted_within(
+            self.settings.lease_seconds + 2 * self.settings.heartbeat_seconds
+        )
         grace_ms = 1000 * max(2 * self.settings.heartbeat_seconds, self.settings.lease_seconds) * 2
         for uuid in self.tasks.active_uuids():
             status, run_id, worker, queue, enqueued = self.tasks.r.hmget(
@@ -430,7 +437,7 @@ class WorkerRuntime:
                     requeued.append(uuid)
                     log.warning("task %s was never claimed; its message was sent again", uuid)
                 continue
-            if status != str(int(TaskStatus.RUNNING)) or self.tasks.has_lease(uuid):
+            if status != str(int(TaskStatus.RUNNING)) or settling or self.tasks.has_lease(uuid):
                 continue
             if self.requeue(uuid, run_id, f"Worker {worker} stopped responding"):
                 requeued.append(uuid)

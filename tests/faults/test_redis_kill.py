@@ -180,3 +180,32 @@ def test_redis_killed_mid_task(aof: AofRedis, farm: Farm, tmp_path: Path) -> Non
     assert stage_lines(console) == expected, "console lines lost, duplicated or out of order"
     assert len([line for line in console if "started processing" in line]) == 1
     assert all(code < 500 for code in poller.codes), poller.failures
+
+
+def test_redis_down_longer_than_the_lease_does_not_cost_a_healthy_run(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Leases and heartbeats lapse while Redis is down; the live runs take their leases again, nobody reaps."""
+    server = AofRedis(tmp_path_factory.mktemp("aof-long") / "redis", free_port())
+    server.start()
+    root = tmp_path_factory.mktemp("longoutage")
+    env = farm_env(root, f"redis://127.0.0.1:{server.port}/0", token=TOKEN, **FAST)  # lease 3 s
+    farm = Farm(root, env, token=TOKEN)
+    try:
+        farm.start_api()
+        farm.start_worker("w1")
+        farm.start_worker("w2")
+        task = farm.node().create_task(make_images(tmp_path, 2) + [slow_image(tmp_path, 12)])
+        claim = wait_claim(farm, task.uuid)
+        wait_phase(farm, claim, task.uuid, "engine")
+        server.kill()
+        time.sleep(3 * FAST["lease_seconds"])  # every lease and heartbeat has expired when Redis returns
+        server.start()
+        info = wait_status(farm, task.uuid, (30, 40, 50), timeout=90)
+        assert info["status"]["code"] == 40, info
+        assert record(farm, task.uuid)["attempt"] == "1", "a Redis outage must not cost a healthy run"
+        console = farm.get(f"/task/{task.uuid}/output").json()
+        assert len([line for line in console if "started processing" in line]) == 1, console
+    finally:
+        farm.stop()
+        server.stop()

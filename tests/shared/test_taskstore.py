@@ -638,3 +638,20 @@ def test_numbered_console_lines_are_stored_once_when_a_batch_is_sent_again(store
     assert store.transition(uuid, S.RUNNING, run_id=run_id, runId=new_run, attempt=2).ok
     assert store.append_output(uuid, new_run, ["e"], first=1)
     assert store.output(uuid)[-1] == "e"
+
+
+def test_a_lapsed_lease_is_taken_again_only_by_the_run_and_worker_that_own_the_task(store: TaskStore) -> None:
+    # a Redis restart longer than the lease drops it; the healthy run must get it back, nobody else
+    uuid, run = make_task(store, S.RUNNING)
+    store.update(uuid, worker="w1")
+    assert store.take_lease(uuid, run, 0.1)
+    time.sleep(0.15)
+    assert not store.has_lease(uuid)
+    assert not store.renew_lease(uuid, run, 5), "without a worker id nothing is taken again"
+    assert not store.renew_lease(uuid, run, 5, worker="w2"), "another worker's run is not this one"
+    assert not store.renew_lease(uuid, "other-run", 5, worker="w1")
+    assert store.renew_lease(uuid, run, 5, worker="w1")
+    assert store.r.get(Keys.lease(uuid)) == run
+    store.transition(uuid, S.CANCELED)
+    store.release_lease(uuid, run)
+    assert not store.renew_lease(uuid, run, 5, worker="w1"), "a cancelled task's lease is not taken again"
