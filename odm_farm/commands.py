@@ -7,6 +7,7 @@ to stderr. Network work is in odm_farm/client.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -112,19 +113,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     node = _node(args)
     with client.friendly_errors(node):
         options = client.check_options(client.parse_option_args(args.option), client.node_options(node))
-        with _progress() as bars:
-            bar = bars.add_task(f"Uploading {len(args.images)} files", total=100)
-            task = node.create_task(
-                [str(p) for p in args.images],
-                options,
-                name=args.name,
-                webhook=args.webhook,
-                progress_callback=lambda percent: bars.update(bar, completed=percent),
-                parallel_uploads=max(1, args.parallel_uploads),
-                max_retries=5,
-                retry_timeout=2,
-            )
-            bars.update(bar, completed=100)
+        try:
+            with _progress() as bars:
+                bar = bars.add_task(f"Uploading {len(args.images)} files", total=100)
+                task = node.create_task(
+                    [str(p) for p in args.images],
+                    options,
+                    name=args.name,
+                    webhook=args.webhook,
+                    progress_callback=lambda percent: bars.update(bar, completed=percent),
+                    parallel_uploads=max(1, args.parallel_uploads),
+                    max_retries=5,
+                    retry_timeout=2,
+                )
+                bars.update(bar, completed=100)
+        except KeyboardInterrupt:
+            # PyODM's upload threads are not daemons and would keep the process alive: leave at once
+            _err("upload interrupted: no task was started (the node discards the partial upload)")
+            os._exit(EXIT_INTERRUPTED)
         print(task.uuid, flush=True)
         if not (args.wait or args.download):
             return 0
@@ -167,6 +173,9 @@ def _interrupted(task: Task) -> int:
 
 
 def _download(task: Task, destination: Path) -> None:
+    status = task.info().status
+    if status != TaskStatus.COMPLETED:
+        raise ClientError(f"task {task.uuid} is {status.name}: only a COMPLETED task has results to download")
     destination.mkdir(parents=True, exist_ok=True)
     # the archive goes next to the results, under a temporary name, so a failed download leaves no all.zip
     with tempfile.TemporaryDirectory(dir=destination, prefix=".download-") as scratch, _progress() as bars:

@@ -72,7 +72,12 @@ def test_submit_wait_download_extracts_the_results(farm: Farm, tmp_path: Path) -
     expected = sorted(n for n in zipfile.ZipFile(io.BytesIO(archive.content)).namelist() if not n.endswith("/"))
     assert extracted == expected and expected, (extracted, expected)
     assert not list(out.glob(".download-*")), "the temporary archive folder is removed"
-    assert "Uploading" in result.stderr and "Downloading all.zip" in result.stderr
+    assert "Uploading" in result.stderr and "Completed" in result.stderr and "Downloading all.zip" in result.stderr
+    running = submit_slow(farm, tmp_path, 30)
+    early = odm("download", running, str(tmp_path / "early"), farm=farm)
+    assert early.returncode == 1 and "only a COMPLETED task has results to download" in early.stderr
+    assert not (tmp_path / "early").exists()
+    odm("cancel", running, farm=farm)  # frees the farm's slot for the next tests
 
 
 def test_logs_follow_prints_every_line_once_and_ends_with_the_task(farm: Farm, tmp_path: Path) -> None:
@@ -128,6 +133,8 @@ def test_wrong_token_and_refused_connection_give_one_clear_line(farm: Farm) -> N
     clean(result)
     assert "refused the request (wrong token)" in result.stderr and "not-the-token" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    result = odm("tasks", farm=farm, ODM_FARM_TOKEN="")
+    assert result.returncode == 1 and "(this node needs a token): set --token or ODM_FARM_TOKEN" in result.stderr
 
     port = free_port()
     for command in (("tasks",), ("workers",), ("info", "x"), ("submit", __file__)):
@@ -171,26 +178,36 @@ def test_bad_options_are_refused_before_any_upload(farm: Farm, tmp_path: Path) -
 
 
 class _CatalogStub(http.server.BaseHTTPRequestHandler):
-    """A node that answers /options with a real ODM catalog and records every other request."""
+    """A node that answers /options with a real ODM catalog and records every other request.
+
+    With `hang_uploads` set it accepts /task/new/init and holds every upload until `release` is set.
+    """
 
     requests: list[tuple[str, str]] = []
+    hang_uploads = False
+    release = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.split("?")[0] == "/options":
             self._send(CATALOG.read_bytes())
         elif self.path.split("?")[0] == "/info":  # PyODM asks for the version before it creates a task
             self._send(json.dumps({"version": "2.2.4", "engine": "odm"}).encode())
-        else:
-            self._send(json.dumps({"error": "not in this stub"}).encode())
+        else:  # as NodeODM (Express) answers a route it does not have
+            self._send(b"Cannot GET", status=404, content_type="text/html")
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).requests.append((self.path, body.decode("utf-8", "replace")))
+        if self.hang_uploads and self.path.startswith("/task/new/init"):
+            self._send(json.dumps({"uuid": "00000000-0000-4000-8000-000000000000"}).encode())
+            return
+        if self.hang_uploads:
+            self.release.wait(60)
         self._send(json.dumps({"error": "stub: stops after init"}).encode())
 
-    def _send(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+    def _send(self, body: bytes, status: int = 200, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -199,12 +216,20 @@ class _CatalogStub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that left mid-request (the Ctrl-C test) is expected
+
+
 @pytest.fixture
 def catalog_node() -> Iterator[str]:
     _CatalogStub.requests = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CatalogStub)
+    _CatalogStub.hang_uploads = False
+    _CatalogStub.release = threading.Event()
+    server = _QuietServer(("127.0.0.1", 0), _CatalogStub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    _CatalogStub.release.set()
     server.shutdown()
     server.server_close()
 
@@ -289,3 +314,29 @@ def test_version_and_settings_in_effect(tmp_path: Path) -> None:
     assert "ODM_FARM_URL" not in shown.stderr, "the client's URL variable is no unknown setting"
     helped = odm("worker", "--help")
     assert "settings: worker" in helped.stdout and "default: 1]" in helped.stdout
+
+
+def test_workers_on_a_plain_nodeodm_says_it_is_no_farm(catalog_node: str) -> None:
+    result = odm("workers", "--url", catalog_node)
+    assert result.returncode == 1 and "has no /workers: it is not an ODM Farm" in result.stderr
+    clean(result)
+
+
+def test_ctrl_c_during_the_upload_exits_at_once(catalog_node: str, tmp_path: Path) -> None:
+    _CatalogStub.hang_uploads = True
+    proc = subprocess.Popen([sys.executable, "-m", "odm_farm.cli", "submit", *make_images(tmp_path, 3), "--wait",
+                             "--url", catalog_node], env=client_env(), cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: any(p.startswith("/task/new/upload") for p, _ in _CatalogStub.requests), 30)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)  # PyODM's upload threads would otherwise keep it alive for ever
+    finally:
+        _CatalogStub.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130 and "upload interrupted: no task was started" in stderr, stderr
+    assert "Traceback" not in stderr
