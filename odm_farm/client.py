@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import os
 import select
@@ -89,6 +90,8 @@ def friendly_errors(node: RemoteNode) -> Iterator[None]:
         raise ClientError(f"unexpected answer from {node.base} (is it a NodeODM API?): {text}") from None
     except (OdmError, requests.RequestException, ValueError) as exc:
         raise ClientError(f"{node.base}: {_hide(str(exc), node.token)}") from None
+    except (TypeError, KeyError) as exc:  # PyODM reading an answer that is not NodeODM's
+        raise ClientError(f"unexpected answer from {node.base} (is it a NodeODM API?): {exc!r}") from None
 
 
 def _hide(text: str, token: str) -> str:
@@ -185,14 +188,40 @@ def task_list(node: RemoteNode) -> list[Any]:
     return [i for i in found if i is not None]
 
 
+# How long a waiting command keeps trying a node it cannot reach (an API restart, a network blip) before it
+# gives up: a task runs for hours, and losing the wait over a few seconds of outage would be absurd.
+RECONNECT_SECONDS = 300.0
+
+
+def patiently(
+    call: Callable[[], Any],
+    on_retry: Callable[[str], None] | None = None,
+    give_up_after: float = RECONNECT_SECONDS,
+) -> Any:
+    """`call()`, retried with backoff while the node cannot be reached, for up to `give_up_after` seconds."""
+    deadline = time.monotonic() + give_up_after
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (NodeConnectionError, NodeServerError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if on_retry:
+                on_retry(_reason(str(exc)) if isinstance(exc, NodeConnectionError) else "server error")
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
 def follow_output(
     task: Task, write: Callable[[str], None], interval: float = 1.0, follow: bool = True
 ) -> Any:
     """Write every console line once, as it comes; with `follow`, until the task ends. Returns the last info."""
     printed = 0
     while True:
-        info = task.info() if follow else None  # before the output: once ended, this output is complete
-        lines = task.output(printed)
+        # info before the output: once the task has ended, the output fetched after it is complete
+        info = patiently(task.info) if follow else None
+        lines = patiently(functools.partial(task.output, printed)) if follow else task.output(printed)
         for line in lines:
             write(line)
         printed += len(lines)

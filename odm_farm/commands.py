@@ -151,8 +151,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _wait(task: Task, interval: float) -> Any:
     with _progress() as bars:
         bar = bars.add_task("Queued", total=100)
+
+        def retrying(reason: str) -> None:
+            bars.update(bar, description=f"Reconnecting ({reason})")
+
         while True:
-            info = task.info()
+            info = client.patiently(task.info, retrying)
             bars.update(bar, completed=info.progress, description=info.status.name.capitalize())
             if info.status in ENDED:
                 return info

@@ -340,3 +340,21 @@ def test_ctrl_c_during_the_upload_exits_at_once(catalog_node: str, tmp_path: Pat
     stderr = proc.stderr.read()
     assert proc.returncode == 130 and "upload interrupted: no task was started" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_submit_wait_and_logs_follow_ride_out_an_api_restart(farm: Farm, tmp_path: Path) -> None:
+    uuid = submit_slow(farm, tmp_path, 4)
+    waiting = start("submit", *make_images(tmp_path / "more", 1), "--wait", "--interval", "0.2", farm=farm)
+    following = start("logs", uuid, "--follow", "--interval", "0.2", farm=farm)
+    assert waiting.stdout is not None
+    created = waiting.stdout.readline().strip()  # uploaded: the client is waiting now
+    assert created
+    wait_until(lambda: task_info(farm, uuid)["status"]["code"] == 20, 10)
+    farm.apis[0].stop()
+    time.sleep(2)  # both clients find the API gone meanwhile
+    farm.start_api(port=farm.ports[0])
+    out, err = following.communicate(timeout=60)
+    assert following.returncode == 0, err
+    assert out.splitlines() == farm.get(f"/task/{uuid}/output").json(), "every line once, across the restart"
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and f"task {created} completed" in err, err
