@@ -7,6 +7,7 @@ to stderr. Network work is in odm_farm/client.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -225,11 +226,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("created", i.date_created.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("processing", f"{i.processing_time / 1000:.1f} s" if i.processing_time >= 0 else "-"),
         ("error", i.last_error or "-"),
-        ("options", ", ".join(f"{o['name']}={o['value']}" for o in i.options) or "-"),
+        ("options", ", ".join(f"{o['name']}={_value(o['value'])}" for o in i.options) or "-"),
     ]
     for key, value in rows:
         print(f"{key:11} {value}")
     return 0
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # true, not True: as the API has it
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -72,6 +72,8 @@ def test_submit_wait_download_extracts_the_results(farm: Farm, tmp_path: Path) -
     expected = sorted(n for n in zipfile.ZipFile(io.BytesIO(archive.content)).namelist() if not n.endswith("/"))
     assert extracted == expected and expected, (extracted, expected)
     assert not list(out.glob(".download-*")), "the temporary archive folder is removed"
+    shown = odm("info", uuid, farm=farm).stdout
+    assert "dsm=true" in shown and "orthophoto-resolution=2.5" in shown and "name        from the shell" in shown
     assert "Uploading" in result.stderr and "Completed" in result.stderr and "Downloading all.zip" in result.stderr
     running = submit_slow(farm, tmp_path, 30)
     early = odm("download", running, str(tmp_path / "early"), farm=farm)
@@ -113,9 +115,13 @@ def test_cancel_restart_remove_tasks_info_and_workers(farm: Farm, tmp_path: Path
     assert workers.returncode == 0, workers.stderr
     assert any(line.startswith("worker1 ") and "simulate" in line for line in workers.stdout.splitlines()), workers.stdout
 
-    restarted = odm("restart", uuid, farm=farm)
+    refused = odm("restart", uuid, "-o", "min-num-features=lots", farm=farm)
+    assert refused.returncode == 1 and "--option min-num-features: Invalid value lots" in refused.stderr
+    assert task_info(farm, uuid)["status"]["code"] == 50, "a refused restart changes nothing"
+    restarted = odm("restart", uuid, "-o", "dsm", farm=farm)
     assert restarted.returncode == 0, restarted.stderr
-    assert task_info(farm, uuid)["status"]["code"] in (10, 20)
+    info = task_info(farm, uuid)
+    assert info["status"]["code"] in (10, 20) and {"name": "dsm", "value": True} in info["options"]
     odm("cancel", uuid, farm=farm)
     wait_status(farm, uuid, (50,), timeout=30)
 
