@@ -1,4 +1,8 @@
-"""The `odm-farm` command: `up` (everything on one machine), `api`, `worker`, `health`, `settings`."""
+"""The `odm-farm` command: farm roles (`up`, `api`, `worker`, `health`, `settings`) and a NodeODM client.
+
+The client commands (submit, tasks, info, logs, cancel, restart, remove, download, workers) are in
+odm_farm/commands.py; they talk to any NodeODM API, not only this farm.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +18,96 @@ import urllib.request
 from dataclasses import fields
 from typing import Any
 
+from shared.safety import redact_text
 from shared.settings import PREFIX, Settings, SettingsError, describe, unknown_variables
 
 # set by `odm-farm up` for its children, so a typo is reported once, not once per process
 _QUIET_ENV = "ODMFARM_UP_CHILD"
 
 
+# Settings grouped by the role that reads them, for --help. A setting missing here (added later) is listed
+# under "other", so a new field never disappears from the help.
+ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("every role", ("data_dir", "redis_url", "token", "storage", "storage_dir", "engine")),
+    (
+        "API",
+        (
+            "host",
+            "port",
+            "api_workers",
+            "api_threads",
+            "max_images",
+            "max_upload_mb",
+            "max_files_per_request",
+            "download_redirect",
+            "public_url",
+            "cleanup_minutes",
+        ),
+    ),
+    (
+        "worker",
+        (
+            "worker_slots",
+            "worker_queues",
+            "worker_gpu",
+            "worker_name",
+            "odm_path",
+            "odm_python",
+            "simulate_seconds",
+            "scratch_dir",
+            "keep_failed_scratch",
+            "max_concurrency",
+            "max_runtime",
+            "progress_port",
+            "min_free_disk_mb",
+            "console_max_lines",
+            "archive_max_mb",
+            "archive_max_entries",
+            "zip_max_bytes",
+        ),
+    ),
+    (
+        "S3 object store (ODM_FARM_STORAGE=s3)",
+        (
+            "s3_endpoint",
+            "s3_region",
+            "s3_bucket",
+            "s3_prefix",
+            "s3_access_key",
+            "s3_secret_key",
+            "s3_acl",
+            "s3_create_bucket",
+        ),
+    ),
+    ("leases, heartbeats and retries", ("heartbeat_seconds", "worker_ttl", "lease_seconds", "max_attempts")),
+    ("webhooks and outgoing requests", ("webhook", "webhook_retries", "blocked_networks")),
+)
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """Every ODM_FARM_X setting is also a flag --x (the flag wins over the variable)."""
-    group = parser.add_argument_group("settings (each also an ODM_FARM_* environment variable)")
-    for f in fields(Settings):
-        group.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f"setting_{f.name}",
-            metavar="VALUE",
-            help=f.metadata["help"],
-        )
+    """Every ODM_FARM_X setting is also a flag --x (the flag wins over the variable), grouped by role."""
+    by_name = {f.name: f for f in fields(Settings)}
+    listed = {name for _, names in ROLE_GROUPS for name in names}
+    groups = [*ROLE_GROUPS, ("other", tuple(n for n in by_name if n not in listed))]
+    for title, names in groups:
+        present = [by_name[n] for n in names if n in by_name]
+        if not present:
+            continue
+        group = parser.add_argument_group(f"settings: {title} (each also an ODM_FARM_* variable)")
+        for f in present:
+            default = "" if f.default is None else _shown_default(f.default)
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f"setting_{f.name}",
+                metavar="VALUE",
+                help=f"{f.metadata['help']} [{PREFIX}{f.name.upper()}; default: {default or 'empty'}]".replace(
+                    "%", "%%"
+                ),
+            )
+
+
+def _shown_default(value: Any) -> str:
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def _environment(args: argparse.Namespace) -> dict[str, str]:
@@ -166,9 +244,30 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    for variable, default, help_text in describe():
-        print(f"{variable:32} {default!s:24} {help_text}")
-    return 0
+    """Every setting with the value in effect here (environment and flags; secrets masked) and its default."""
+    env = _environment(args)
+    for warning in unknown_variables(env):
+        print(f"odm-farm: warning: {warning}", file=sys.stderr, flush=True)
+    try:
+        effective: Settings | None = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"odm-farm: bad setting: {exc}", file=sys.stderr)
+        effective = None
+    print(f"{'VARIABLE':32} {'IN EFFECT':24} {'DEFAULT':16} HELP")
+    for f, (variable, default, help_text) in zip(fields(Settings), describe(), strict=True):
+        if variable not in env:
+            value = default
+        elif effective is None:
+            value = env[variable]  # as given: some setting is bad, so none was parsed
+        else:
+            value = "" if getattr(effective, f.name) is None else _shown_default(getattr(effective, f.name))
+        if f.metadata["secret"] and value:
+            value = "***"
+        elif value:
+            value = redact_text(str(value))
+        source = "" if variable not in env else " (set)"
+        print(f"{variable:32} {(value or '-') + source:24} {default or '-':16} {help_text}")
+    return 0 if effective is not None else 1
 
 
 # How long each role gets to stop after SIGTERM before its whole process tree is killed. Workers first (they
@@ -303,24 +402,58 @@ def _wait_http(url: str, children: list[tuple[str, subprocess.Popen[bytes]]], ti
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="odm-farm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="odm-farm",
+        description="ODM Farm: run the farm's services, or use any NodeODM node (this farm, NodeODM, ClusterODM) "
+        "from the shell; the node is --url or ODM_FARM_URL, its token --token or ODM_FARM_TOKEN.",
+    )
+    parser.add_argument("--version", action="version", version=f"odm-farm {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func, help_text in (
         ("up", cmd_up, "run Redis, the API and a worker on this machine"),
         ("api", cmd_api, "run the API (gunicorn)"),
         ("worker", cmd_worker, "run a worker (Celery)"),
         ("health", cmd_health, "exit 0 when the api or this host's worker is healthy"),
-        ("settings", cmd_settings, "list every setting with its default"),
+        ("settings", cmd_settings, "list every setting with the value in effect and its default"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        usage = f"odm-farm {name} [-h]{' {api,worker}' if name == 'health' else ''} [--SETTING VALUE ...]"
+        p = sub.add_parser(name, help=help_text, description=help_text, usage=usage)
         p.set_defaults(func=func)
         _add_setting_flags(p)
         if name == "health":
             p.add_argument("role", choices=["api", "worker"])
         if name == "api":
             p.add_argument("--access-log", action="store_true", help="log every request")
+    from odm_farm.client import ClientError
+    from odm_farm.commands import EXIT_INTERRUPTED, add_client_commands
+
+    add_client_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a pipe buffers the output: a closed reader shows here, not at interpreter exit
+        return code
+    except ClientError as exc:
+        print(f"odm-farm {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`odm-farm tasks | head -1`): stop quietly; point stdout at /dev/null so the
+        # interpreter's final flush does not print an error either
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("odm-farm")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

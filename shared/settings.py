@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 from shared.safety import redact_text
 
 PREFIX = "ODM_FARM_"
-# ODM_FARM_* variables that are not settings but are read elsewhere (the simulate engine's test controls)
-OTHER_VARIABLES = frozenset({"ODM_FARM_SIMULATE_EXIT", "ODM_FARM_SIMULATE_CACHE"})
+# ODM_FARM_* variables that are not settings but are read elsewhere (the simulate engine's test controls,
+# the node URL of the `odm-farm submit/tasks/...` client, odm_farm/client.py)
+OTHER_VARIABLES = frozenset({"ODM_FARM_SIMULATE_EXIT", "ODM_FARM_SIMULATE_CACHE", "ODM_FARM_URL"})
 
 
 class SettingsError(ValueError):
