@@ -57,7 +57,7 @@ def test_the_client_socket_is_shut_down(app: Flask) -> None:
     client.close()
 
 
-@pytest.mark.parametrize("path", ["/health", "/metrics", "/workers"])
+@pytest.mark.parametrize("path", ["/ready", "/metrics", "/workers"])
 def test_operator_routes_answer_503_at_once(app: Flask, path: str) -> None:
     start = time.monotonic()
     response = app.test_client().get(path)

@@ -1,0 +1,72 @@
+"""Structured task events in the logs: one line per event, plain `key=value` text or JSON lines.
+
+`event(log, "task.claimed", uuid=..., worker=..., run=...)` writes one INFO record; the API and the workers
+install `configure(settings)` on the root logger, which picks the format (ODM_FARM_LOG_FORMAT) and masks every
+secret the node knows in every line (shared.safety), events and library messages alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from shared.safety import RedactingFormatter, redact_handlers
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_EVENT = "odm_farm_event"
+_FIELDS = "odm_farm_fields"
+
+
+def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log the event `name` with its fields (None values left out); never raises for an odd value."""
+    shown = {k: v for k, v in fields.items() if v is not None}
+    text = " ".join([f"event={name}", *(f"{k}={_plain(v)}" for k, v in shown.items())])
+    log.log(level, "%s", text, extra={_EVENT: name, _FIELDS: shown})
+
+
+def _plain(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text)  # quoted, so that a reason with spaces stays one value
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and for events `event` plus its fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        name = getattr(record, _EVENT, None)
+        if name:
+            entry["event"] = name
+            for key, value in getattr(record, _FIELDS, {}).items():
+                entry.setdefault(key, value)
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT)
+
+
+def configure(log_format: str, secrets: list[str], level: str | int = "INFO") -> None:
+    """The root logger writes to stderr in `log_format` (plain or json), every line masked."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    root.setLevel(level)
+    for handler in root.handlers:
+        handler.setFormatter(RedactingFormatter(formatter(log_format), secrets))
+    redact_handlers(root, secrets)
+
+
+__all__ = ["event", "configure", "formatter", "JsonFormatter"]
