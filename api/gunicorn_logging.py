@@ -35,5 +35,5 @@ class RedactingLogger(Logger):
         for log in (self.error_log, self.access_log):
             if log_format == "json":
                 for handler in log.handlers:
-                    handler.setFormatter(events.formatter(log_format))
+                    handler.setFormatter(events.formatter(log_format, secrets))
             redact_handlers(log, secrets)

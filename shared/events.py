@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from shared.safety import RedactingFormatter, redact_handlers
+from shared.safety import RedactingFormatter, redact_text
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _EVENT = "odm_farm_event"
@@ -33,8 +34,15 @@ def _plain(value: Any) -> str:
     return text
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and for events `event` plus its fields."""
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line: time, level, logger, message, and for events `event` plus its fields.
+
+    Secrets are masked in each value before encoding (masking the encoded line could eat an escape and
+    break the JSON); being a RedactingFormatter, redact_handlers leaves it as it is.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__(None, secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -51,11 +59,15 @@ class JsonFormatter(logging.Formatter):
         entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        masked = {k: redact_text(v, self.secrets) if isinstance(v, str) else v for k, v in entry.items()}
+        return json.dumps(masked, default=lambda v: redact_text(str(v), self.secrets))
 
 
-def formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT)
+def formatter(log_format: str, secrets: Iterable[str] = ()) -> RedactingFormatter:
+    """The masking formatter for `log_format` (plain or json)."""
+    if log_format == "json":
+        return JsonFormatter(secrets)
+    return RedactingFormatter(logging.Formatter(PLAIN_FORMAT), secrets)
 
 
 def configure(log_format: str, secrets: list[str], level: str | int = "INFO") -> None:
@@ -65,8 +77,7 @@ def configure(log_format: str, secrets: list[str], level: str | int = "INFO") ->
         root.addHandler(logging.StreamHandler())
     root.setLevel(level)
     for handler in root.handlers:
-        handler.setFormatter(RedactingFormatter(formatter(log_format), secrets))
-    redact_handlers(root, secrets)
+        handler.setFormatter(formatter(log_format, secrets))
 
 
 __all__ = ["event", "configure", "formatter", "JsonFormatter"]

@@ -67,4 +67,7 @@ def test_operator_routes_answer_503_at_once(app: Flask, path: str) -> None:
 
 def test_routes_without_redis_answer_during_the_outage(app: Flask) -> None:
     assert app.test_client().get("/swagger.json").status_code == 200
+    assert app.test_client().get("/health").get_json() == {"status": "ok"}, "liveness: the process answers"
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["failed"] == ["redis", "workers"]
     assert app.test_client().get("/auth/info").get_json()["loginUrl"] is None
