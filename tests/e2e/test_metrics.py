@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from odm_farm.redis_server import free_port
 from tests.e2e.helpers import failing_image, make_images, slow_image, wait_status
 from tests.support.farm import Farm, wait_until
+from tests.support.local_http import local_server, reply
 
 METRICS_TOKEN = "metrics-secret-42"
 COMPLETED, FAILED, CANCELED = 40, 30, 50
@@ -157,3 +158,26 @@ def test_the_node_token_opens_metrics_when_no_metrics_token_is_set(farm: Farm) -
     refused = requests.get(farm.url + "/metrics", params={"token": "wrong"}, timeout=10)
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
     assert requests.get(farm.url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_plain_event_lines_by_default_without_url_credentials(farm: Farm, tmp_path: Path) -> None:
+    with local_server() as server:
+        server.routes["/hook"] = lambda handler: reply(handler, 200, b"ok")
+        hook = server.url("/hook").replace("http://", "http://hookuser:hook-pass-77@") + "?token=hook-tok-88"
+        uuid, _ = submit(farm, make_images(tmp_path, count=1), webhook=hook)
+        wait_status(farm, uuid, (COMPLETED,))
+        wait_until(lambda: server.received, 20, "webhook never arrived")
+    worker_log = farm.workers[0].log
+    wait_until(lambda: f"event=webhook.sent uuid={uuid}" in worker_log.read_text(), 10, "no webhook.sent line")
+    lines = worker_log.read_text().splitlines()
+    claimed = [line for line in lines if f"event=task.claimed uuid={uuid} worker=worker1 run=" in line]
+    assert len(claimed) == 1 and " INFO workers.pipeline: " in claimed[0]
+    assert any(f"event=task.finished uuid={uuid} worker=worker1" in line and "outcome=completed" in line
+               for line in lines)
+    sent = next(line for line in lines if f"event=webhook.sent uuid={uuid}" in line)
+    assert f"url=http://127.0.0.1:{server.port}/hook" in sent and "hookuser" not in sent
+    api_log = farm.apis[0].log.read_text()
+    assert f"event=task.created uuid={uuid}" in api_log
+    for text in (api_log, worker_log.read_text()):
+        for secret in ("hook-pass-77", "hook-tok-88", farm.token):
+            assert secret not in text
