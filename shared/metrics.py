@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shared.taskstore import Keys
 
@@ -109,7 +110,9 @@ def _counters(stored: dict[str, str]) -> Iterator[Any]:
         labels=["outcome"],
     )
     for outcome in OUTCOMES:
-        buckets = [(f"{b:g}", _number(stored, f"duration:{outcome}:{b:g}")) for b in DURATION_BUCKETS]
+        buckets = [
+            (floatToGoString(b), _number(stored, f"duration:{outcome}:{b:g}")) for b in DURATION_BUCKETS
+        ]
         buckets.append(("+Inf", _number(stored, f"duration:{outcome}:count")))
         duration.add_metric([outcome], buckets, _number(stored, f"duration:{outcome}:sum"))
     yield duration

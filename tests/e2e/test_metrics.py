@@ -103,6 +103,7 @@ def test_metrics_ready_and_event_logs_after_known_activity(farm_factory: Any, tm
         assert value(found, "odm_farm_tasks_ended_total", outcome=outcome) == expected
         assert value(found, "odm_farm_task_duration_seconds_count", outcome=outcome) == expected
         assert value(found, "odm_farm_task_duration_seconds_bucket", outcome=outcome, le="+Inf") == expected
+        assert value(found, "odm_farm_task_duration_seconds_bucket", outcome=outcome, le="60.0") == expected
     assert 0 < value(found, "odm_farm_task_duration_seconds_sum", outcome="completed") < 60
     assert value(found, "odm_farm_upload_bytes_total") == uploaded
     assert value(found, "odm_farm_download_bytes_total") == downloaded
