@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # Routes that answer without a token: health for orchestrators, auth for clients that need to log in.
 PUBLIC_ENDPOINTS = {
     "info.health",
+    "info.ready",
+    "info.metrics",  # checks its own bearer token and answers 401 (api/routes_info.py)
     "info.auth_info",
     "info.auth_login",
     "info.auth_register",
@@ -40,7 +42,14 @@ PUBLIC_ENDPOINTS = {
 # Routes outside the NodeODM surface: during an outage they answer 503 at once, as operators expect.
 # Every other route is held while Redis restarts and then dropped, never answered with a 5xx (clients
 # fail a task on a 5xx but retry a dropped connection).
-OPERATOR_ENDPOINTS = {"info.health", "info.metrics", "info.workers", "info.swagger", "web.index"}
+OPERATOR_ENDPOINTS = {
+    "info.health",
+    "info.ready",
+    "info.metrics",
+    "info.workers",
+    "info.swagger",
+    "web.index",
+}
 OPERATOR_HOLD_SECONDS = 1.0  # enough to replace a pooled connection that a Redis restart broke
 
 _DROP = "odm_farm.drop"

@@ -6,32 +6,34 @@ Referer header may carry it too. Every line both logs write goes through the red
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from gunicorn.glogging import Logger
 
+from shared import events
 from shared.safety import redact_handlers
 from shared.settings import Settings, SettingsError
 
 
-def _secrets() -> list[str]:
+def _settings() -> Settings | None:
     try:
-        return Settings.from_env(os.environ).secrets
+        return Settings.from_env(os.environ)
     except SettingsError:
-        return []  # the CLI refuses bad settings before gunicorn starts; the patterns still apply
+        return None  # the CLI refuses bad settings before gunicorn starts; the patterns still apply
 
 
 class RedactingLogger(Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        secrets = _secrets()
-        root = logging.getLogger()
-        if not root.handlers:
-            # the app's own warnings would go to logging's last-resort handler, which nothing can mask
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            root.addHandler(handler)
-        for log in (self.error_log, self.access_log, root):
+        settings = _settings()
+        secrets = settings.secrets if settings else []
+        log_format = settings.log_format if settings else "plain"
+        # the app's own lines (task events included) in the chosen format; without a root handler they
+        # would go to logging's last-resort handler, which nothing can mask
+        events.configure(log_format, secrets)
+        for log in (self.error_log, self.access_log):
+            if log_format == "json":
+                for handler in log.handlers:
+                    handler.setFormatter(events.formatter(log_format, secrets))
             redact_handlers(log, secrets)

@@ -74,6 +74,12 @@ IMAGES = {
     "description": "image files (and GCP, geo, seed.zip)",
 }
 
+READY_BODY = {
+    "status": {"type": "string", "enum": ["ready", "not ready"]},
+    "failed": {"type": "array", "items": {"type": "string", "enum": ["redis", "store", "workers"]}},
+    "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
 COMPONENTS: dict[str, Any] = {
     "securitySchemes": {
         "token": {
@@ -81,7 +87,12 @@ COMPONENTS: dict[str, Any] = {
             "in": "query",
             "name": "token",
             "description": "the node's token (ODM_FARM_TOKEN)",
-        }
+        },
+        "metricsBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "ODM_FARM_METRICS_TOKEN for /metrics (the node token when that is not set)",
+        },
     },
     "schemas": {
         "Error": {
@@ -432,16 +443,20 @@ def _paths() -> dict[str, Any]:
         },
         "/health": {
             "get": {
-                "summary": "For orchestrators: 200 when Redis answers (an extension)",
+                "summary": "Liveness for load balancers: 200 while the process answers (an extension)",
                 "security": public,
                 "responses": {
-                    "200": _json_object(
-                        "healthy",
-                        {"status": {"type": "string", "enum": ["ok"]}, "workers": {"type": "integer"}},
-                    ),
-                    "503": _json_object(
-                        "Redis does not answer", {"status": {"type": "string"}, "redis": {"type": "string"}}
-                    ),
+                    "200": _json_object("alive", {"status": {"type": "string", "enum": ["ok"]}}),
+                },
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: Redis and the object store answer and a worker is alive (an extension)",
+                "security": public,
+                "responses": {
+                    "200": _json_object("ready", READY_BODY),
+                    "503": _json_object("not ready: `failed` names the checks that failed", READY_BODY),
                 },
             }
         },
@@ -456,14 +471,19 @@ def _paths() -> dict[str, Any]:
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (an extension)",
+                "summary": "Prometheus metrics (an extension): tasks, durations, queues, workers, bytes, webhooks",
+                "description": "Authenticate with `Authorization: Bearer <ODM_FARM_METRICS_TOKEN>`; when no "
+                "metrics token is set, the node token works as bearer or as ?token=.",
+                "security": [{"metricsBearer": []}, {"token": []}],
                 "responses": {
                     "200": {
-                        "description": "Prometheus text format; the NodeODM error form for a wrong token",
-                        "content": {
-                            "text/plain": {"schema": {"type": "string"}},
-                            JSON: {"schema": ref("Error")},
-                        },
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "missing or wrong token",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
                 },

@@ -1,14 +1,17 @@
-"""Node-level routes: /info, /options, /auth/*, plus /health and /workers for operators."""
+"""Node-level routes: /info, /options, /auth/*, plus /health, /ready, /metrics and /workers for operators."""
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable
+
 from flask import Blueprint, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.app import node
 from api.openapi import openapi
-from shared import outbox
+from shared.metrics import FarmCollector
 from shared.node import API_VERSION
-from shared.taskstore import Keys
 
 bp = Blueprint("info", __name__)
 
@@ -48,14 +51,44 @@ def auth_register():
 
 @bp.get("/health")
 def health():
+    """Liveness for load balancers: this process answers. Touches nothing else (see /ready)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    """Readiness: Redis and the object store answer and a worker is alive; 503 names what failed."""
     n = node()
-    try:
+    checks: dict[str, str] = {}
+    failed: list[str] = []
+
+    def check(name: str, probe: Callable[[], str]) -> None:
+        try:
+            checks[name] = probe()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks[name] = f"{type(exc).__name__}: {exc}"
+            failed.append(name)
+
+    def redis_ok() -> str:
         n.tasks.r.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
-        response = jsonify({"status": "unhealthy", "redis": str(exc)})
-        response.status_code = 503
-        return response
-    return jsonify({"status": "ok", "workers": len(n.live_workers())})
+        return "ok"
+
+    def store_ok() -> str:
+        n.store.check()
+        return "ok"
+
+    def workers_alive() -> str:
+        live = len(n.live_workers())
+        if not live:
+            raise LookupError("no live worker")
+        return f"{live} live"
+
+    check("redis", redis_ok)
+    check("store", store_ok)
+    check("workers", workers_alive)
+    response = jsonify({"status": "not ready" if failed else "ready", "failed": failed, "checks": checks})
+    response.status_code = 503 if failed else 200
+    return response
 
 
 @bp.get("/workers")
@@ -66,30 +99,35 @@ def workers():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text format: the farm's queue, slots and workers (an extension, outside the NodeODM API)."""
+    """Prometheus text format (an extension): task counters and durations, queues, workers, bytes, webhooks.
+
+    Authenticated as Prometheus does it, with `Authorization: Bearer <ODM_FARM_METRICS_TOKEN>`; without a
+    metrics token the node token works as bearer or as ?token=. A wrong or missing token is a 401.
+    """
     n = node()
-    workers, active = n.tasks.live_workers_and_active(n.settings.worker_ttl)
-    running = sum(len(w.get("running", ())) for w in workers)
-    values = {
-        "odm_farm_tasks_active": (active, "tasks queued or running"),
-        "odm_farm_tasks_running_on_workers": (running, "tasks a worker is processing now"),
-        "odm_farm_tasks_total": (n.tasks.r.zcard(Keys.tasks), "tasks known to the farm"),
-        "odm_farm_upload_sessions": (n.tasks.r.zcard(Keys.uploads), "uploads not committed yet"),
-        "odm_farm_webhooks_pending": (outbox.pending(n.tasks.r), "webhook deliveries waiting or retrying"),
-        "odm_farm_workers": (len(workers), "live workers"),
-        "odm_farm_slots": (
-            sum(int(w.get("slots", 0)) for w in workers),
-            "tasks the live workers can run at once",
-        ),
-        "odm_farm_worker_free_disk_bytes": (
-            min((int(w.get("freeDisk", 0)) for w in workers), default=0),
-            "free scratch disk on the fullest worker",
-        ),
-    }
-    lines = []
-    for name, (value, help_text) in values.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    if not metrics_authorized(n.settings.metrics_token, n.settings.token):
+        return Response(
+            "Unauthorized: send Authorization: Bearer <token>\n",
+            status=401,
+            mimetype="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="odm-farm metrics"'},
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FarmCollector(n))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def metrics_authorized(metrics_token: str, node_token: str) -> bool:
+    expected = metrics_token or node_token
+    if not expected:
+        return True
+    given = ""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = credentials.strip()
+    elif not metrics_token:
+        given = request.args.get("token", "")
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 @bp.get("/swagger.json")

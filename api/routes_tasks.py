@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from flask import Blueprint, Response, g, jsonify, redirect, request
 
 from api.app import node
 from api.fields import form_fields
+from shared import metrics
 from shared.assets import ASSETS
 from shared.errors import InvalidRequest
 from shared.models import TaskStatus
-from shared.node import results_prefix
+from shared.node import Node, results_prefix
 from shared.storage import ObjectNotFound
 from shared.tasks import task_info
 
@@ -87,8 +90,19 @@ def download(uuid: str, asset: str):
     headers["Content-Length"] = str(end - start + 1 if size else 0)
     if request.method == "HEAD" or size == 0:
         return Response(status=status, headers=headers)
-    body = n.store.iter_range(key, start, end)
+    body = _counted(n, n.store.iter_range(key, start, end))
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _counted(n: Node, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The body as sent, counted once it ends or the client leaves (the bytes that really went out)."""
+    sent = 0
+    try:
+        for chunk in chunks:
+            yield chunk
+            sent += len(chunk)
+    finally:
+        metrics.count(n.tasks.r, "download_bytes", sent)
 
 
 def _command_uuid() -> tuple[str, dict[str, str]]:

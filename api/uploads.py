@@ -16,6 +16,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.wsgi import get_input_stream
 
 from api.fields import json_fields
+from shared import metrics
 from shared.errors import InvalidRequest
 from shared.node import Node
 from shared.storage import ObjectWriter
@@ -161,4 +162,5 @@ def receive(node: Node, uuid: str) -> Upload:
     for part in receiver.parts:
         part.writer.commit()
         upload.files[part.name] = part.size
+    metrics.count(node.tasks.r, "upload_bytes", sum(upload.files.values()))
     return upload

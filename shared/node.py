@@ -10,9 +10,10 @@ from typing import Any
 
 from celery import Celery
 
+from shared import metrics, outbox
 from shared import options as optionlib
-from shared import outbox
 from shared.errors import InvalidRequest, TaskNotFound
+from shared.events import event
 from shared.models import TaskStatus
 from shared.queue import PROCESS_TASK, QUEUE_CPU, decide_for
 from shared.safety import UnsafeInput, normalize_outputs, safe_filename
@@ -175,6 +176,15 @@ class Node:
         options = json.loads(session.get("options") or "[]")
         run_id = new_run_id()
         record = self.tasks.commit_session(uuid, self.decide(options), run_id, {"enqueuedAt": now_ms()})
+        metrics.count(self.tasks.r, "tasks_created")
+        event(
+            log,
+            "task.created",
+            uuid=uuid,
+            run=run_id,
+            queue=record.get("queue"),
+            images=int(record["imagesCount"]),
+        )
         self._enqueue(uuid, run_id, record["queue"])
         return uuid
 
@@ -200,6 +210,9 @@ class Node:
             raise TaskNotFound(uuid)
         if result.ok:
             self.tasks.publish_cancel(uuid)
+            if result.previous.active:
+                metrics.task_ended(self.tasks.r, "cancelled", self.tasks.field(uuid, "startedAt"))
+                event(log, "task.finished", uuid=uuid, outcome="cancelled", reason="canceled by a client")
             if notify and result.previous.active:
                 outbox.notify_task_end(
                     self.tasks.r,

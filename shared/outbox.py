@@ -62,6 +62,7 @@ def failed(r: Any, member: str, backoff: float = 1.0) -> bool:
     entry = json.loads(member)
     pipe = r.pipeline()
     pipe.zrem(KEY, member)
+    pipe.hincrby(Keys.metrics, "webhook_failures", 1)  # shared/metrics.py shows it
     again = entry["left"] > 1
     if again:
         entry["left"] -= 1

@@ -167,6 +167,10 @@ class Settings:
     )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
     api_threads: int = _setting(16, _positive_int, help="threads per gunicorn worker")
+    metrics_token: str = _setting(
+        "", secret=True, help="bearer token Prometheus sends to /metrics; empty = the node token"
+    )
+    log_format: str = _setting("plain", _choice("plain", "json"), help="log lines: plain key=value or json")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

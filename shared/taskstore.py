@@ -41,6 +41,7 @@ class Keys:
     cancel_channel = f"{NS}:cancel"
     reaper_lock = f"{NS}:reaper"
     webhooks = f"{NS}:webhooks"  # zset delivery json -> when due (shared/outbox.py)
+    metrics = f"{NS}:metrics"  # hash counter/histogram field -> value (shared/metrics.py)
 
     @staticmethod
     def task(uuid: str) -> str:

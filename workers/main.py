@@ -6,6 +6,7 @@ import logging
 
 from celery import Celery, signals
 
+from shared import events
 from shared.queue import PROCESS_TASK, make_celery
 from shared.settings import Settings
 from shared.storage import StorageError
@@ -31,7 +32,7 @@ def build(settings: Settings) -> tuple[Celery, WorkerRuntime]:
 
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    events.configure(settings.log_format, settings.secrets, loglevel)
     app, runtime = build(settings)
     try:
         runtime.start()

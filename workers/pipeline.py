@@ -11,8 +11,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from shared import metrics
 from shared import options as optionlib
 from shared.errors import TaskNotFound
+from shared.events import event
 from shared.models import TaskStatus, exit_code_message
 from shared.node import inputs_prefix, results_prefix, task_prefix
 from shared.safety import redact_text, redact_url
@@ -66,6 +68,8 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         return "stale"
     job = Job(uuid, run_id)
     rt.register(job)
+    attempt = record.get("attempt") or "1"
+    event(log, "task.claimed", uuid=uuid, worker=rt.id, run=run_id, attempt=attempt)
     workdir = rt.scratch / f"{uuid}-{run_id}"
     outcome = "failed"
     try:
@@ -77,6 +81,7 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
             rt.tasks.release_lease(uuid, run_id)
             if rt.requeue(uuid, run_id, f"Worker {rt.id} is shutting down", count_attempt=False):
                 outcome = "handed over"
+                event(log, "task.handed_over", uuid=uuid, worker=rt.id, run=run_id, reason="worker stopping")
     except Failed as exc:
         outcome = "failed" if _fail(rt, job, str(exc)) else "stopped"
     except Exception as exc:  # noqa: BLE001 - whatever breaks, the task ends FAILED with a message
@@ -96,6 +101,8 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
             rt.store.delete_prefix(results_prefix(uuid, run_id))
         if outcome == "stopped" and not rt.tasks.exists(uuid):
             rt.store.delete_prefix(task_prefix(uuid))  # removed while we were uploading: leave no trace
+    if outcome == "stopped":
+        event(log, "task.stopped", uuid=uuid, worker=rt.id, run=run_id, reason=job.reason or "not owned")
     if outcome in ("completed", "failed"):
         # this run made the transition that ended the task, so it alone announces it (a cancel is
         # announced by whoever cancelled; a lost worker's give-up by the reaper)
@@ -138,6 +145,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     say([f"Worker {rt.id} started processing (attempt {attempt})."])
     out.flush()  # stored at once, not with the next batch: a run whose worker dies now still shows it began
 
+    _stage(rt, job, "fetching inputs")
     _fetch_inputs(rt, job, record, inputs, say)
     _check(job)
     archive_mb = rt.settings.archive_max_mb
@@ -169,6 +177,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     run = Run(command, engine_console, console_file, workdir / "engine.pgid")
     job.run = run
     _check(job)
+    _stage(rt, job, "engine")
     try:
         run.start()
     except OSError as exc:
@@ -182,6 +191,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
         raise Failed(exit_code_message(code if code > 0 else 128 - code))
 
     if record.get("skipPostProcessing") != "1":
+        _stage(rt, job, "postprocessing")
         postprocess(project, lambda text: say([text]), adopt=lambda tool: _adopt(job, tool))
     rt.tasks.set_progress(uuid, 93)
     _check(job)
@@ -189,6 +199,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     zip_path = workdir / "all.zip"
     outputs = json.loads(record["outputs"]) if record.get("outputs") else None
     say(["Compressing all.zip"])
+    _stage(rt, job, "zipping")
     out.release()
     if not out.drain(CONSOLE_DRAIN_SECONDS):
         raise Failed("Could not store the console (Redis unavailable)")
@@ -196,6 +207,7 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     files.build_all_zip(project, zip_path, outputs, check=lambda: _check(job))
     rt.tasks.set_progress(uuid, 97)
     _check(job)
+    _stage(rt, job, "storing results")
     _store_results(rt, job, project, workdir, zip_path)
     _check(job)
     # results are stored: the scratch is free before clients see COMPLETED
@@ -203,17 +215,32 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
 
     out.close(CONSOLE_DRAIN_SECONDS)  # every console line is stored before clients see COMPLETED
     started = int(rt.tasks.field(uuid, "startedAt") or now_ms())
+    ended = now_ms()
     done = rt.tasks.transition(
         uuid,
         TaskStatus.COMPLETED,
         run_id=job.run_id,
         progress=100,
-        processingTime=now_ms() - started,
+        processingTime=ended - started,
         resultsRun=job.run_id,
     )
     if not done.ok:
         raise Stop()
+    metrics.task_ended(rt.tasks.r, "completed", started, ended)
+    event(
+        log,
+        "task.finished",
+        uuid=uuid,
+        worker=rt.id,
+        run=job.run_id,
+        outcome="completed",
+        seconds=(ended - started) / 1000,
+    )
     return "completed"
+
+
+def _stage(rt: WorkerRuntime, job: Job, stage: str) -> None:
+    event(log, "task.stage", uuid=job.uuid, worker=rt.id, run=job.run_id, stage=stage)
 
 
 def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: Path, say: Any) -> None:
@@ -309,10 +336,16 @@ def _fail(rt: WorkerRuntime, job: Job, message: str) -> bool:
     """FAILED with `message`; False when the run no longer owns the task (cancelled, superseded)."""
     _push(rt, job, [message])
     started = rt.tasks.field(job.uuid, "startedAt")
-    elapsed = now_ms() - int(started) if started else -1
-    return rt.tasks.transition(
+    ended = now_ms()
+    elapsed = ended - int(started) if started else -1
+    if not rt.tasks.transition(
         job.uuid, TaskStatus.FAILED, run_id=job.run_id, errorMessage=message, processingTime=elapsed
-    ).ok
+    ).ok:
+        return False
+    metrics.task_ended(rt.tasks.r, "failed", started, ended)
+    shown = redact_text(message, rt.settings.secrets)
+    event(log, "task.finished", uuid=job.uuid, worker=rt.id, run=job.run_id, outcome="failed", reason=shown)
+    return True
 
 
 def _notify(rt: WorkerRuntime, uuid: str, run_id: str) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 from celery import Celery, signals
 
-from shared import outbox
+from shared import metrics, outbox
 from shared.errors import TaskNotFound
+from shared.events import event
 from shared.models import TaskStatus
 from shared.node import task_prefix
 from shared.queue import PROCESS_TASK, QUEUE_CPU, QUEUE_GPU, decide_for, free_slots
@@ -305,6 +306,16 @@ class WorkerRuntime:
         )
         job.cancel("max runtime")
         if ended.ok:
+            metrics.task_ended(self.tasks.r, "cancelled", self.tasks.field(job.uuid, "startedAt"))
+            event(
+                log,
+                "task.finished",
+                uuid=job.uuid,
+                worker=self.id,
+                run=job.run_id,
+                outcome="cancelled",
+                reason="maximum runtime exceeded",
+            )
             self.notify_end(job.uuid)
 
     def _cancel_listener(self) -> None:
@@ -374,12 +385,29 @@ class WorkerRuntime:
         except UnsafeInput as exc:
             log.warning("webhook %s dropped: %s", redact_url(entry["url"]), exc)
             outbox.delivered(self.tasks.r, member)
+            metrics.count(self.tasks.r, "webhook_failures")
+            self._webhook_event(entry, "webhook.failed", reason=str(exc), retry=False)
             return False
         if send_webhook(entry["url"], entry["payload"], self.settings.blocked_networks, retries=1):
             outbox.delivered(self.tasks.r, member)
+            self._webhook_event(entry, "webhook.sent")
             return True
-        outbox.failed(self.tasks.r, member)
+        again = outbox.failed(self.tasks.r, member)
+        self._webhook_event(entry, "webhook.failed", retry=again)
         return False
+
+    def _webhook_event(self, entry: dict[str, Any], name: str, **fields: Any) -> None:
+        payload = entry.get("payload") or {}
+        event(
+            log,
+            name,
+            level=logging.INFO if name == "webhook.sent" else logging.WARNING,
+            uuid=payload.get("uuid"),
+            worker=self.id,
+            url=redact_url(entry["url"]),
+            attempt=int(entry.get("attempt", 0)) + 1,
+            **fields,
+        )
 
     # --- reaper and janitor -----------------------------------------------------------------
     def _reaper_loop(self) -> None:
@@ -441,7 +469,17 @@ class WorkerRuntime:
                 continue
             if self.requeue(uuid, run_id, f"Worker {worker} stopped responding"):
                 requeued.append(uuid)
-                log.warning("task %s re-queued after worker %s was lost", uuid, worker)
+                metrics.count(self.tasks.r, "lease_takeovers")
+                event(
+                    log,
+                    "task.handed_over",
+                    level=logging.WARNING,
+                    uuid=uuid,
+                    worker=worker,
+                    run=run_id,
+                    reaper=self.id,
+                    reason="worker lost (lease expired)",
+                )
         return requeued
 
     def requeue(self, uuid: str, run_id: str, why: str, count_attempt: bool = True) -> bool:
@@ -464,6 +502,16 @@ class WorkerRuntime:
                 errorMessage=f"Processing was interrupted {attempts} times (worker lost)",
             )
             if failed.ok:
+                metrics.task_ended(self.tasks.r, "failed", self.tasks.field(uuid, "startedAt"))
+                event(
+                    log,
+                    "task.finished",
+                    level=logging.WARNING,
+                    uuid=uuid,
+                    run=run_id,
+                    outcome="failed",
+                    reason=f"interrupted {attempts} times (worker lost)",
+                )
                 self.notify_end(uuid)
             return False
         new_run = new_run_id()

@@ -36,6 +36,7 @@ def test_worker_killed_at_random_moments_loses_nothing(module_farms: Any, tmp_pa
     node = farm.node()
     timeline = Timeline()
     report: list[dict[str, Any]] = []
+    takeovers_before = _takeovers(farm)
     with RunMonitor(farm) as runs, ProgressRecorder(farm) as client:
         for i, target in enumerate(TARGETS):
             for attempt in range(3):  # zip and store last milliseconds: a kill can come just too late
@@ -52,6 +53,7 @@ def test_worker_killed_at_random_moments_loses_nothing(module_farms: Any, tmp_pa
 
     landed = [e["landed"] for e in report]
     assert "finished" not in landed, f"a kill kept landing after its task had finished: {landed}"
+    assert _takeovers(farm) - takeovers_before == len(report), "/metrics counts each lease takeover once"
     for entry in report:
         uuid = entry["uuid"]
         info = entry["info"]
@@ -120,3 +122,14 @@ def _kill_during(
         entry["info"] = info
     farm.start_worker(first.worker)  # the host comes back (cleans what its previous life left)
     return entry
+
+
+def _takeovers(farm: Farm) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = farm.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "odm_farm_lease_takeovers_total":
+                return float(sample.value)
+    raise AssertionError(f"no lease takeover counter in /metrics:\n{text}")

@@ -26,6 +26,7 @@ from shared.settings import Settings, SettingsError, unknown_variables
         ("ODM_FARM_WORKER_QUEUES", "cpu,gpus"),
         ("ODM_FARM_PUBLIC_URL", "farm.example.com:3000"),
         ("ODM_FARM_REDIS_URL", "127.0.0.1:6379"),
+        ("ODM_FARM_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_value_that_breaks_the_farm_is_refused_naming_the_variable(variable: str, value: str) -> None:
@@ -68,5 +69,6 @@ def test_engine_test_controls_are_not_reported_as_typos() -> None:
 
 
 def test_secrets_are_masked_in_repr() -> None:
-    text = repr(Settings(token="s3cr3t-token", s3_secret_key="s3cr3t-key", redis_url="redis://:pw9x@h:1/0"))
+    text = repr(Settings(token="s3cr3t-token", s3_secret_key="s3cr3t-key", redis_url="redis://:pw9x@h:1/0",
+                         metrics_token="s3cr3t-metrics"))
     assert "s3cr3t" not in text and "pw9x" not in text

@@ -505,3 +505,28 @@ def test_webhook_loop_never_claims_more_than_it_can_send(make_runtime: MakeRunti
             loop.join(10)
         sent = sorted(json.loads(r.body)["n"] for r in server.received)
         assert sent == list(range(12)), "every webhook exactly once"
+
+
+def test_reap_counts_a_lease_takeover_for_every_farm_process(rt: WorkerRuntime) -> None:
+    from shared import metrics
+
+    new_task(rt.tasks, worker="w-dead")
+    new_task(rt.tasks, S.QUEUED, worker=None)  # waiting, not taken over
+    rt.reap()
+    assert rt.tasks.r.hget(metrics.KEY, "lease_takeovers") == "1"
+    rt.reap()
+    assert rt.tasks.r.hget(metrics.KEY, "lease_takeovers") == "1", "the re-queued run holds no worker yet"
+
+
+def test_a_give_up_counts_a_failed_task_with_its_duration(make_runtime: MakeRuntime) -> None:
+    from shared import metrics
+
+    rt = make_runtime(max_attempts=1)
+    uuid, _ = new_task(rt.tasks, worker="w-dead")
+    rt.tasks.update(uuid, startedAt=int(time.time() * 1000) - 90_000)
+    rt.reap()
+    counted = rt.tasks.r.hgetall(metrics.KEY)
+    assert counted["tasks_failed"] == "1" and counted["duration:failed:count"] == "1"
+    assert "duration:failed:60" not in counted, "90 s is over the 60 s bucket"
+    assert counted["duration:failed:300"] == "1" and 89 < float(counted["duration:failed:sum"]) < 100
+    assert "lease_takeovers" not in counted
