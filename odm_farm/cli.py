@@ -28,7 +28,7 @@ _QUIET_ENV = "ODMFARM_UP_CHILD"
 # Settings grouped by the role that reads them, for --help. A setting missing here (added later) is listed
 # under "other", so a new field never disappears from the help.
 ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("every role", ("data_dir", "redis_url", "token", "storage", "storage_dir", "engine")),
+    ("every role", ("data_dir", "redis_url", "token", "storage", "storage_dir", "engine", "log_format")),
     (
         "API",
         (
@@ -42,6 +42,7 @@ ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "download_redirect",
             "public_url",
             "cleanup_minutes",
+            "metrics_token",
         ),
     ),
     (
