@@ -444,9 +444,9 @@ class TaskStore:
             )
         )
 
-    def restarted_within(self, seconds: float) -> bool:
-        """Redis itself started less than `seconds` ago: leases and heartbeats may have lapsed while it was down."""
-        return int(self.r.info("server").get("uptime_in_seconds", 0)) < seconds
+    def redis_uptime(self) -> float:
+        """Seconds since Redis itself started: right after a restart, leases and heartbeats may have lapsed."""
+        return float(self.r.info("server").get("uptime_in_seconds", 0))
 
     def has_lease(self, uuid: str) -> bool:
         return bool(self.r.exists(Keys.lease(uuid)))

@@ -437,11 +437,12 @@ class WorkerRuntime:
             for q in w.get("queues", ())
         }
         free = free_slots(workers, self.tasks.occupancy())
-        # right after a Redis restart every lease and heartbeat may have lapsed while it was down: give the
-        # live workers time to beat and take their leases again before calling any of them lost
-        settling = self.tasks.restarted_within(
-            self.settings.lease_seconds + 2 * self.settings.heartbeat_seconds
-        )
+        # right after a Redis restart that this worker lived through, every lease and heartbeat may have
+        # lapsed while Redis was down: give the live workers time to beat and take their leases again
+        # before calling any of them lost
+        window = self.settings.lease_seconds + 2 * self.settings.heartbeat_seconds
+        # (Redis counts its uptime in whole seconds: one more keeps a worker started with Redis from waiting)
+        settling = self.tasks.redis_uptime() + 1 < min(window, time.time() - self.started_at)
         grace_ms = 1000 * max(2 * self.settings.heartbeat_seconds, self.settings.lease_seconds) * 2
         for uuid in self.tasks.active_uuids():
             status, run_id, worker, queue, enqueued = self.tasks.r.hmget(

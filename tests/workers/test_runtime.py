@@ -399,8 +399,17 @@ def test_watch_cancels_a_run_the_reaper_requeued(make_runtime: MakeRuntime) -> N
     assert job.cancelled.is_set() and job.reason == "superseded"
 
 
+def test_watch_takes_a_lapsed_lease_again_while_the_task_is_still_its_own(rt: WorkerRuntime) -> None:
+    # a Redis restart longer than the lease drops it; nobody else has the task, so the run goes on
+    job = running_job(rt, lease=False)
+    rt._watch_once(renew=True)
+    assert not job.cancelled.is_set()
+    assert rt.tasks.r.get(Keys.lease(job.uuid)) == job.run_id
+
+
 def test_watch_cancels_when_the_lease_is_lost(rt: WorkerRuntime) -> None:
     job = running_job(rt, lease=False)
+    rt.tasks.r.set(Keys.lease(job.uuid), "another-run")  # e.g. the reaper's new run got it first
     rt._watch_once(renew=False)
     assert not job.cancelled.is_set()
     rt._watch_once(renew=True)
