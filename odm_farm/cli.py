@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("role", choices=["api", "worker"])
         if name == "api":
             p.add_argument("--access-log", action="store_true", help="log every request")
+    from odm_farm.users import add_user_command
+
+    add_user_command(sub, lambda args: _settings(_environment(args)))
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

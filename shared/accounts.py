@@ -34,6 +34,11 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 BAD_LOGIN = "Invalid username or password."
+# a failure counter that expires with its window, set in one step (EXPIRE NX needs Redis 7)
+_COUNT_FAILURE = (
+    "local n = redis.call('INCR', KEYS[1]) "
+    "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
+)
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,7 @@ class Accounts:
         for digest in digests:
             pipe.delete(Keys.auth_token(digest))
         pipe.delete(Keys.user_tokens(name))
-        pipe.execute()
-        return len(digests)
+        return sum(pipe.execute()[:-1])  # tokens still valid (expired ones are gone already)
 
     # --- login ----------------------------------------------------------------------------
     def login(self, name: str, password: str, address: str) -> str:
@@ -206,11 +210,8 @@ class Accounts:
                 f"Too many failed login attempts: try again in {window} seconds.", no_retry=True
             )
         if len(password) > MAX_PASSWORD or not self.verify_password(name, password):
-            pipe = self.r.pipeline()
             for key in counters:
-                pipe.incr(key)
-                pipe.expire(key, window, nx=True)
-            pipe.execute()
+                self.r.eval(_COUNT_FAILURE, 1, key, window)
             raise InvalidRequest(BAD_LOGIN)
         return self.issue_token(name)
 
