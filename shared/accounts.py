@@ -36,8 +36,7 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 BAD_LOGIN = "Invalid username or password."
 # a failure counter that expires with its window, set in one step (EXPIRE NX needs Redis 7)
 _COUNT_FAILURE = (
-    "local n = redis.call('INCR', KEYS[1]) "
-    "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
+    "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
 )
 
 

@@ -49,6 +49,24 @@ def call(farm: Farm, token: str, method: str, path: str, **kwargs: Any) -> Any:
     return answer.json() if answer.headers.get("Content-Type", "").startswith("application/json") else answer.content
 
 
+def upload_each(farm: Farm, token: str, images: list[str]) -> dict[str, Any]:
+    """Upload files one by one to a new session; the first refusal."""
+    uuid = call(farm, token, "POST", "/task/new/init")["uuid"]
+    for image in images:
+        with open(image, "rb") as f:
+            answer = call(farm, token, "POST", f"/task/new/upload/{uuid}", files={"images": f})
+        if answer != {"success": True}:
+            return answer  # type: ignore[no-any-return]
+    return {}
+
+
+def remove_uploads(farm: Farm, token: str) -> None:
+    for key in farm.redis.keys("odmfarm:upload:*"):
+        if not key.endswith(":files"):
+            assert call(farm, token, "POST", "/task/remove", data={"uuid": key.split(":")[2]}) == {"success": True}
+    assert not farm.redis.keys("odmfarm:upload:*")
+
+
 @pytest.fixture(scope="module")
 def afarm(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """One farm with accounts for the module: registration closed, a 2-slot simulate worker."""
@@ -190,13 +208,11 @@ def test_quotas_images_bytes_and_running_tasks(afarm: Farm, tmp_path: Path) -> N
     assert call(afarm, ivy, "GET", "/info")["maxImages"] is None
     assert afarm.get("/info").json()["maxImages"] is None
 
-    with pytest.raises(NodeResponseError, match="4 images uploaded, but this node can only process up to 3"):
-        node_for(afarm, hank).create_task(make_images(tmp_path / "four", 4))
-    # PyODM leaves the refused upload behind; its bytes count until it is removed
-    sessions = [k.split(":")[2] for k in afarm.redis.keys("odmfarm:upload:*") if not k.endswith(":files")]
-    assert len(sessions) == 1 and afarm.redis.hget(f"odmfarm:upload:{sessions[0]}", "owner") == "hank"
-    assert int(afarm.redis.get("odmfarm:user:hank:bytes")) >= 20_004
-    assert call(afarm, hank, "POST", "/task/remove", data={"uuid": sessions[0]}) == {"success": True}
+    # uploads one by one (PyODM retries a refused upload for 75 s: it ignores noRetry there)
+    refused = upload_each(afarm, hank, make_images(tmp_path / "four", 4))
+    assert refused == {"error": "4 images uploaded, but this node can only process up to 3.", "noRetry": True}
+    assert int(afarm.redis.get("odmfarm:user:hank:bytes")) == 3 * 20_004, "an abandoned upload counts"
+    remove_uploads(afarm, hank)
     assert int(afarm.redis.get("odmfarm:user:hank:bytes")) == 0
 
     # running at once: the second task waits QUEUED while the first runs, then starts by itself
@@ -215,13 +231,12 @@ def test_quotas_images_bytes_and_running_tasks(afarm: Farm, tmp_path: Path) -> N
     # stored bytes: uploads past the limit are refused; removing a task frees its bytes
     used = int(afarm.redis.get("odmfarm:user:hank:bytes"))
     assert used == 104 + 20_004, "the slow image and one image are stored"
-    with pytest.raises(NodeResponseError, match="Storage quota exceeded"):
-        node_for(afarm, hank).create_task(make_images(tmp_path / "big", 3, size=60_000))
-    # parallel uploads stored what fit; the refused one stored nothing, the total stays under the limit
-    held = int(afarm.redis.get("odmfarm:user:hank:bytes"))
-    assert used < held <= 150_000 and (held - used) % 60_004 == 0, held
-    for session in [k.split(":")[2] for k in afarm.redis.keys("odmfarm:upload:*") if not k.endswith(":files")]:
-        assert call(afarm, hank, "POST", "/task/remove", data={"uuid": session}) == {"success": True}
+    refused = upload_each(afarm, hank, make_images(tmp_path / "big", 3, size=60_000))
+    assert refused["noRetry"] is True and refused["error"].startswith(
+        "Storage quota exceeded: this upload would store 200120 bytes, but your limit is 150000 bytes."
+    ), refused
+    assert int(afarm.redis.get("odmfarm:user:hank:bytes")) == used + 2 * 60_004, "the refused file is not kept"
+    remove_uploads(afarm, hank)
     assert int(afarm.redis.get("odmfarm:user:hank:bytes")) == used
     first.remove()
     second.remove()
