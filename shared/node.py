@@ -156,7 +156,7 @@ class Node:
         return name, inputs_prefix(uuid) + name
 
     def check_image_limit(self, uuid: str, new_names: list[str]) -> None:
-        limit = self.accounts.limits(self.tasks.owner(uuid)).max_images
+        limit = self.accounts.limits(self._owner(uuid)).max_images
         if limit is None:
             return
         names = set(self.tasks.session_files(uuid)) | set(new_names)
@@ -168,7 +168,7 @@ class Node:
 
     def check_storage(self, uuid: str, sizes: dict[str, int]) -> None:
         """Refuse an upload that would take the user's stored uploads past their byte limit."""
-        owner = self.tasks.owner(uuid)
+        owner = self._owner(uuid)
         limit = self.accounts.limits(owner).max_bytes if owner else None
         if limit is None or owner is None:
             return
@@ -180,6 +180,10 @@ class Node:
                 "bytes. Remove finished tasks to free space.",
                 no_retry=True,
             )
+
+    def _owner(self, uuid: str) -> str | None:
+        # without accounts no task has an owner: spare the upload path the look-ups
+        return self.tasks.owner(uuid) if self.settings.accounts else None
 
     def refuse_empty_images(self, sizes: dict[str, int]) -> None:
         """A 0-byte image can never be processed: refuse it now rather than fail the task later."""
