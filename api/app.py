@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
 from api.uploads import MAX_FIELD_MEMORY
+from shared.accounts import ANONYMOUS, NODE, Accounts, Caller
 from shared.errors import FarmError, Unauthorized
 from shared.node import Node
 from shared.outage import HOLD_SECONDS, current_hold, hold_scope
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     }
     node = Node(settings, tasks, store, celery)
     app.extensions["node"] = node
+    accounts = Accounts(tasks.r, settings)
+    app.extensions["accounts"] = accounts
     app.wsgi_app = HoldDuringOutage(app.wsgi_app)  # type: ignore[method-assign]
 
     # a path segment may hold any character, a newline too: the route then answers in the NodeODM form
@@ -107,11 +110,11 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
 
     @app.before_request
     def check_token():
-        if not settings.token or request.endpoint in PUBLIC_ENDPOINTS:
-            return None
-        given = request.args.get("token", "")
-        if not hmac.compare_digest(given.encode(), settings.token.encode()):
-            raise Unauthorized()
+        g.caller = identify(settings, accounts)
+        if g.caller is None:
+            g.caller = ANONYMOUS  # sees nothing, may not create users
+            if request.endpoint not in PUBLIC_ENDPOINTS:
+                raise Unauthorized()
         return None
 
     @app.after_request
@@ -167,6 +170,36 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
         return response
 
     return app
+
+
+OWNER_HEADER = "X-Odm-Farm-Owner"  # set by a worker's split-merge proxy (workers/smproxy.py)
+
+
+def identify(settings: Settings, accounts: Accounts) -> Caller | None:
+    """Who calls: the node (node token, or a farm without one), a user (a login token), or None (refused).
+
+    With the node token, the split-merge proxy's OWNER_HEADER names the user of the parent task: the submodel
+    is created as theirs. Only the node token may say so (whoever holds it may act for anyone anyway).
+    """
+    if not settings.token:
+        return NODE
+    given = request.args.get("token", "")
+    if hmac.compare_digest(given.encode("utf-8", "surrogatepass"), settings.token.encode()):
+        owner = request.headers.get(OWNER_HEADER, "") if settings.accounts else ""
+        return Caller(user=owner, admin=False, submodel=True) if owner else NODE
+    if settings.accounts:
+        return accounts.token_caller(given)
+    return None
+
+
+def caller() -> Caller:
+    return g.get("caller") or NODE
+
+
+def accounts() -> Accounts:
+    from flask import current_app
+
+    return current_app.extensions["accounts"]
 
 
 def nodeodm_error(message: str, *, no_retry: bool = False):

@@ -253,7 +253,7 @@ def _paths() -> dict[str, Any]:
         },
         "/auth/info": {
             "get": {
-                "summary": "How to authenticate (the node uses a token passed as ?token=)",
+                "summary": "How to authenticate: the node token, or user accounts' login URL (?token= either way)",
                 "security": public,
                 "responses": json_200(
                     "authentication details",
@@ -271,18 +271,31 @@ def _paths() -> dict[str, Any]:
         },
         "/auth/login": {
             "post": {
-                "summary": "Not available on this node",
+                "summary": "A login token for a username and password (ODM_FARM_ACCOUNTS), passed as ?token=",
+                "description": "Failed logins are limited per user and per address. Without accounts the "
+                "answer is the error form.",
                 "security": public,
                 "requestBody": form_body({"username": {"type": "string"}, "password": {"type": "string"}}),
-                "responses": json_200("always the error form", ref("Error"), errors=False),
+                "responses": json_200(
+                    "the token",
+                    {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+                ),
             }
         },
         "/auth/register": {
             "post": {
-                "summary": "Not available on this node",
+                "summary": "Create an account and its first token (open with ODM_FARM_REGISTRATION, else "
+                "the node token or an admin's token)",
                 "security": public,
                 "requestBody": form_body({"username": {"type": "string"}, "password": {"type": "string"}}),
-                "responses": json_200("always the error form", ref("Error"), errors=False),
+                "responses": json_200(
+                    "the new user's token",
+                    {
+                        "type": "object",
+                        "required": ["success", "token"],
+                        "properties": {"success": {"type": "boolean"}, "token": {"type": "string"}},
+                    },
+                ),
             }
         },
         "/task/new/init": {

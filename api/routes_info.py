@@ -8,7 +8,8 @@ from collections.abc import Callable
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.app import node
+from api.app import accounts, caller, node
+from api.fields import form_fields
 from api.openapi import openapi
 from shared.metrics import FarmCollector
 from shared.node import API_VERSION
@@ -20,7 +21,7 @@ bp = Blueprint("info", __name__)
 def info():
     if request.args.get("_debugUnauthorized"):
         return Response(status=401)
-    return jsonify(node().info())
+    return jsonify(node().info(caller()))
 
 
 @bp.get("/options")
@@ -30,23 +31,51 @@ def options():
 
 @bp.get("/auth/info")
 def auth_info():
+    settings = node().settings
+    if not settings.accounts:
+        return jsonify(
+            {
+                "message": "Authentication is not available on this node: pass the node's token as ?token=.",
+                "loginUrl": None,
+                "registerUrl": None,
+            }
+        )
+    message = "Log in with your username and password."
+    if not settings.registration:
+        message += " Registration is closed: ask the node's administrator for an account."
     return jsonify(
         {
-            "message": "Authentication is not available on this node: pass the node's token as ?token=.",
-            "loginUrl": None,
-            "registerUrl": None,
+            "message": message,
+            "loginUrl": "/auth/login",
+            "registerUrl": "/auth/register" if settings.registration else None,
         }
     )
 
 
 @bp.post("/auth/login")
 def auth_login():
-    return jsonify({"error": "Not available"})
+    if not node().settings.accounts:
+        return jsonify({"error": "Not available"})
+    fields = form_fields()
+    token = accounts().login(
+        fields.get("username", ""), fields.get("password", ""), request.remote_addr or ""
+    )
+    return jsonify({"token": token})
 
 
 @bp.post("/auth/register")
 def auth_register():
-    return jsonify({"error": "Not available"})
+    """A new account and its first token: open to anyone with ODM_FARM_REGISTRATION, else to admins only."""
+    settings = node().settings
+    if not settings.accounts:
+        return jsonify({"error": "Not available"})
+    if not settings.registration and not (caller().admin and not caller().submodel):
+        # the node token or an admin user's token may create users when registration is closed
+        return jsonify({"error": "Registration is disabled on this node.", "noRetry": True})
+    fields = form_fields()
+    name = fields.get("username", "")
+    accounts().add_user(name, fields.get("password", ""))
+    return jsonify({"success": True, "token": accounts().issue_token(name)})
 
 
 @bp.get("/health")

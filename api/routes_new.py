@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from api import uploads
-from api.app import node
+from api.app import caller, node
 from api.fields import form_fields
 from shared.errors import InvalidRequest
 
@@ -15,14 +15,14 @@ bp = Blueprint("new", __name__)
 @bp.post("/task/new/init")
 def init():
     form = form_fields()
-    uuid = node().init_session(form, request.headers.get("set-uuid"))
+    uuid = node().init_session(form, request.headers.get("set-uuid"), caller())
     return jsonify({"uuid": uuid})
 
 
 @bp.post("/task/new/upload/<uuid>")
 def upload(uuid: str):
     n = node()
-    n.require_session(uuid)
+    n.require_session(uuid, caller())
     received = uploads.receive(n, uuid)
     if not received.files:
         raise InvalidRequest("Need at least 1 file.", no_retry=True)
@@ -32,7 +32,7 @@ def upload(uuid: str):
 
 @bp.post("/task/new/commit/<uuid>")
 def commit(uuid: str):
-    return jsonify({"uuid": node().commit(uuid)})
+    return jsonify({"uuid": node().commit(uuid, caller())})
 
 
 @bp.post("/task/new")
@@ -42,16 +42,16 @@ def new():
     # Fields come before files in every client's body, but validation needs them all: create the session
     # under a provisional uuid only after parsing, and stream files under the uuid chosen up front.
     set_uuid = request.headers.get("set-uuid")
-    uuid = n.init_session({"options": "[]"}, set_uuid)
+    uuid = n.init_session({"options": "[]"}, set_uuid, caller())
     try:
         received = uploads.receive(n, uuid)
         form = received.form
         if not received.files and not form.get("zipurl"):
             raise InvalidRequest("Need at least 1 file or a zip file url.")
         n.tasks.drop_session(uuid)
-        n.init_session(form, uuid)
+        n.init_session(form, uuid, caller())
         n.record_uploads(uuid, received.files)
-        n.commit(uuid)
+        n.commit(uuid, caller())
     except BaseException:
         # files first: while Redis is down the session record would survive anyway, and the janitor
         # finds abandoned sessions, not files without one

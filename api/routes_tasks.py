@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, g, jsonify, redirect, request
 
-from api.app import node
+from api.app import caller, node
 from api.fields import form_fields
 from shared import metrics
 from shared.assets import ASSETS
@@ -21,13 +21,13 @@ bp = Blueprint("tasks", __name__)
 
 @bp.get("/task/list")
 def task_list():
-    return jsonify([{"uuid": u} for u in node().tasks.list_uuids()])
+    return jsonify([{"uuid": u} for u in node().list_uuids(caller())])
 
 
 @bp.get("/task/<uuid>/info")
 def info(uuid: str):
     n = node()
-    record = n.get(uuid)
+    record = n.get(uuid, caller())
     output = None
     if "with_output" in request.args:
         output = n.tasks.output(uuid, _int_arg("with_output"))
@@ -37,7 +37,7 @@ def info(uuid: str):
 @bp.get("/task/<uuid>/output")
 def output(uuid: str):
     n = node()
-    n.get(uuid)
+    n.get(uuid, caller())
     return jsonify(n.tasks.output(uuid, _int_arg("line")))
 
 
@@ -57,7 +57,7 @@ _SERVED = (str(int(TaskStatus.COMPLETED)), str(int(TaskStatus.CANCELED)))
 @bp.route("/task/<uuid>/download/<path:asset>", methods=["GET", "HEAD"])
 def download(uuid: str, asset: str):
     n = node()
-    record = n.get(uuid)
+    record = n.get(uuid, caller())
     run_id = record.get("resultsRun") or ""
     key = asset_key(uuid, asset, run_id)
     if not run_id or record.get("status") not in _SERVED:
@@ -117,21 +117,21 @@ def _command_uuid() -> tuple[str, dict[str, str]]:
 @bp.post("/task/cancel")
 def cancel():
     uuid, _ = _command_uuid()
-    node().cancel(uuid)
+    node().cancel(uuid, caller=caller())
     return jsonify({"success": True})
 
 
 @bp.post("/task/remove")
 def remove():
     uuid, _ = _command_uuid()
-    node().remove(uuid)
+    node().remove(uuid, caller())
     return jsonify({"success": True})
 
 
 @bp.post("/task/restart")
 def restart():
     uuid, body = _command_uuid()
-    node().restart(uuid, body.get("options"))
+    node().restart(uuid, body.get("options"), caller())
     return jsonify({"success": True})
 
 

@@ -151,6 +151,7 @@ def receive(node: Node, uuid: str) -> Upload:
         sizes = {name: part.size for name, part in receiver.latest.items()}
         node.refuse_empty_images(sizes)
         node.check_image_limit(uuid, list(sizes))
+        node.check_storage(uuid, sizes)
     except BaseException as exc:
         receiver.abort()
         if isinstance(exc, InvalidRequest):

@@ -43,6 +43,14 @@ ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "public_url",
             "cleanup_minutes",
             "metrics_token",
+            "accounts",
+            "registration",
+            "token_hours",
+            "login_attempts",
+            "login_window_seconds",
+            "user_max_images",
+            "user_max_running",
+            "user_max_bytes",
         ),
     ),
     (
@@ -429,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     from odm_farm.commands import EXIT_INTERRUPTED, add_client_commands
 
     add_client_commands(sub)
+    from odm_farm.users import add_user_command
+
+    add_user_command(sub, lambda args: _settings(_environment(args)))
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)

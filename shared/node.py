@@ -12,6 +12,7 @@ from celery import Celery
 
 from shared import metrics, outbox
 from shared import options as optionlib
+from shared.accounts import NODE, Accounts, Caller
 from shared.errors import InvalidRequest, TaskNotFound
 from shared.events import event
 from shared.models import TaskStatus
@@ -49,6 +50,7 @@ class Node:
         self.celery = celery
         self._catalogs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         self._catalog_lock = threading.Lock()
+        self.accounts = Accounts(tasks.r, settings)
 
     # --- workers, engines, options --------------------------------------------------------
     def live_workers(self) -> list[dict[str, Any]]:
@@ -75,7 +77,7 @@ class Node:
             catalogs = [published] if published else [optionlib.load_bundled_catalog()]
         return catalogs[0] if len(catalogs) == 1 else optionlib.merge_catalogs(catalogs)
 
-    def info(self) -> dict[str, Any]:
+    def info(self, caller: Caller = NODE) -> dict[str, Any]:
         workers, active = self.tasks.live_workers_and_active(self.settings.worker_ttl)
         engines = sorted({(w.get("engine", ""), w.get("engineVersion", "")) for w in workers})
         engine, version = engines[0] if engines else (self.settings.engine_name, "")
@@ -87,7 +89,7 @@ class Node:
             "totalMemory": sum(int(h.get("totalMemory", 0)) for h in hosts),
             "availableMemory": sum(int(h.get("availableMemory", 0)) for h in hosts),
             "cpuCores": sum(int(h.get("cpuCores", 0)) for h in hosts),
-            "maxImages": self.settings.max_images,
+            "maxImages": self.accounts.limits(caller.user).max_images,
             "maxParallelTasks": sum(int(w.get("slots", 0)) for w in workers),
             "engineVersion": version,
             "engine": engine,
@@ -101,7 +103,7 @@ class Node:
             raise InvalidRequest(str(exc)) from None
 
     # --- creating tasks -------------------------------------------------------------------
-    def init_session(self, form: dict[str, str], set_uuid: str | None) -> str:
+    def init_session(self, form: dict[str, str], set_uuid: str | None, caller: Caller = NODE) -> str:
         uuid = self._new_uuid(set_uuid)
         skip = str(form.get("skipPostProcessing", "")).strip().lower() in ("true", "1")
         fields: dict[str, Any] = {
@@ -121,6 +123,10 @@ class Node:
             fields["dateCreated"] = parse_date_created(form["dateCreated"])
         if form.get("zipurl"):
             fields["zipurl"] = str(form["zipurl"]).strip()
+        if caller.user:
+            fields["owner"] = caller.user
+            if caller.submodel:
+                fields["submodel"] = "1"
         if not self.tasks.create_session(uuid, fields):
             raise InvalidRequest(f"Invalid set-uuid: {set_uuid}" if set_uuid else "Could not create task")
         return uuid
@@ -136,9 +142,10 @@ class Node:
             raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
         return parsed
 
-    def require_session(self, uuid: str) -> dict[str, str]:
+    def require_session(self, uuid: str, caller: Caller = NODE) -> dict[str, str]:
         session = self.tasks.session(uuid) if _looks_like_uuid(uuid) else None
-        if not session:
+        # another user's upload answers exactly like an unknown one
+        if not session or not caller.sees(session.get("owner")):
             raise InvalidRequest("Invalid uuid (not found)")
         return session
 
@@ -150,7 +157,7 @@ class Node:
         return name, inputs_prefix(uuid) + name
 
     def check_image_limit(self, uuid: str, new_names: list[str]) -> None:
-        limit = self.settings.max_images
+        limit = self.accounts.limits(self._owner(uuid)).max_images
         if limit is None:
             return
         names = set(self.tasks.session_files(uuid)) | set(new_names)
@@ -159,6 +166,25 @@ class Node:
             raise InvalidRequest(
                 f"{count} images uploaded, but this node can only process up to {limit}.", no_retry=True
             )
+
+    def check_storage(self, uuid: str, sizes: dict[str, int]) -> None:
+        """Refuse an upload that would take the user's stored uploads past their byte limit."""
+        owner = self._owner(uuid)
+        limit = self.accounts.limits(owner).max_bytes if owner else None
+        if limit is None or owner is None:
+            return
+        old = self.tasks.session_files(uuid)
+        after = self.tasks.stored_bytes(owner) + sum(n - old.get(k, 0) for k, n in sizes.items())
+        if after > limit:
+            raise InvalidRequest(
+                f"Storage quota exceeded: this upload would store {after} bytes, but your limit is {limit} "
+                "bytes. Remove finished tasks to free space.",
+                no_retry=True,
+            )
+
+    def _owner(self, uuid: str) -> str | None:
+        # without accounts no task has an owner: spare the upload path the look-ups
+        return self.tasks.owner(uuid) if self.settings.accounts else None
 
     def refuse_empty_images(self, sizes: dict[str, int]) -> None:
         """A 0-byte image can never be processed: refuse it now rather than fail the task later."""
@@ -169,13 +195,18 @@ class Node:
     def record_uploads(self, uuid: str, files: dict[str, int]) -> None:
         self.tasks.add_session_files(uuid, files)
 
-    def commit(self, uuid: str) -> str:
-        session = self.require_session(uuid)
+    def commit(self, uuid: str, caller: Caller = NODE) -> str:
+        session = self.require_session(uuid, caller)
         # parallel uploads each pass check_image_limit before any of them is recorded: count again here
         self.check_image_limit(uuid, [])
         options = json.loads(session.get("options") or "[]")
         run_id = new_run_id()
-        record = self.tasks.commit_session(uuid, self.decide(options), run_id, {"enqueuedAt": now_ms()})
+        decide = self.decide(options)
+        if self._owner_full(session):
+            # the claim enforces the limit (workers/pipeline.py); here the task only reports that it waits
+            base = decide
+            decide = lambda active: (base(active)[0], TaskStatus.QUEUED)  # noqa: E731
+        record = self.tasks.commit_session(uuid, decide, run_id, {"enqueuedAt": now_ms()})
         metrics.count(self.tasks.r, "tasks_created")
         event(
             log,
@@ -191,21 +222,38 @@ class Node:
     def decide(self, options: list[dict[str, Any]]) -> Decide:
         return decide_for(options, self.live_workers())
 
+    def _owner_full(self, record: dict[str, str]) -> bool:
+        """Whether the task's user already runs as many tasks as they may (submodels do not count)."""
+        owner = record.get("owner")
+        limit = self.accounts.limits(owner).max_running if owner and not record.get("submodel") else None
+        if limit is None or owner is None:
+            return False
+        running = [t for t in self.tasks.owned_active(owner) if t["status"] == "20" and not t["submodel"]]
+        return len(running) >= limit
+
+    def list_uuids(self, caller: Caller = NODE) -> list[str]:
+        if caller.admin:
+            return self.tasks.list_uuids()
+        return self.tasks.list_owned(caller.user or "")
+
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
 
     # --- task commands --------------------------------------------------------------------
-    def get(self, uuid: str) -> dict[str, str]:
+    def get(self, uuid: str, caller: Caller = NODE) -> dict[str, str]:
         if not _looks_like_uuid(uuid):
             raise TaskNotFound(uuid)
-        return self.tasks.get(uuid)
+        record = self.tasks.get(uuid)
+        if not caller.sees(record.get("owner")):
+            raise TaskNotFound(uuid)  # another user's task answers exactly like an unknown one
+        return record
 
-    def cancel(self, uuid: str, notify: bool = True) -> None:
+    def cancel(self, uuid: str, notify: bool = True, caller: Caller = NODE) -> None:
         """CANCELED from any status, as the reference does (a finished task too: its results stay until
         removed). Whoever ends a task announces it: a cancel that ends an active task queues its webhook
         here, exactly once (the transition succeeds once); the worker only stops its run."""
-        self.get(uuid)
-        result = self.tasks.transition(uuid, TaskStatus.CANCELED, errorMessage=None)
+        record = self.get(uuid, caller)
+        result = self.tasks.transition(uuid, TaskStatus.CANCELED, errorMessage=None, deferred=None)
         if result.previous is None:
             raise TaskNotFound(uuid)
         if result.ok:
@@ -221,28 +269,35 @@ class Node:
                     self.settings.webhook_retries,
                     [],
                 )
+            if result.previous.active and record.get("owner"):
+                wake_deferred(self.tasks, self.celery, record["owner"])
 
-    def remove(self, uuid: str) -> None:
-        if _looks_like_uuid(uuid) and not self.tasks.exists(uuid) and self.tasks.session(uuid):
+    def remove(self, uuid: str, caller: Caller = NODE) -> None:
+        session = self.tasks.session(uuid) if _looks_like_uuid(uuid) else None
+        if session and not self.tasks.exists(uuid) and caller.sees(session.get("owner")):
             # an upload the client gave up on: its files and session go now, not at the janitor's cleanup
             self.store.delete_prefix(task_prefix(uuid))
             self.tasks.drop_session(uuid)
             return
-        self.cancel(uuid, notify=False)
+        self.cancel(uuid, notify=False, caller=caller)
         self.tasks.delete(uuid)
         self.store.delete_prefix(task_prefix(uuid))
 
-    def restart(self, uuid: str, raw_options: Any = None) -> None:
-        record = self.get(uuid)
+    def restart(self, uuid: str, raw_options: Any = None, caller: Caller = NODE) -> None:
+        record = self.get(uuid, caller)
         fields: dict[str, Any] = {}
         if raw_options not in (None, ""):
             skip = record.get("skipPostProcessing") == "1"
             fields["options"] = self.validate_options(raw_options, skip)
         options = fields.get("options") or json.loads(record.get("options") or "[]")
         run_id = new_run_id()
+        decide = self.decide(options)
+        if self._owner_full(record):
+            base = decide
+            decide = lambda active: (base(active)[0], TaskStatus.QUEUED)  # noqa: E731
         result = self.tasks.requeue_decided(
             uuid,
-            self.decide(options),
+            decide,
             allowed=(TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED),
             clear_output=True,
             runId=run_id,
@@ -253,6 +308,7 @@ class Node:
             errorMessage=None,
             worker=None,
             resultsRun=None,
+            deferred=None,
             enqueuedAt=now_ms(),
             **fields,
         )
@@ -263,6 +319,23 @@ class Node:
         # every earlier run's results go: the new run writes under its own run id
         self.store.delete_prefix(results_prefix(uuid))
         self._enqueue(uuid, run_id, self.tasks.field(uuid, "queue") or QUEUE_CPU)
+
+
+def wake_deferred(tasks: TaskStore, celery: Celery, owner: str) -> int:
+    """Send again the tasks of `owner` deferred for their running limit: one of the owner's runs ended.
+
+    Each message's claim checks the limit again (TaskStore.claim_within_limit), so waking them all is safe:
+    those still over the limit are deferred again. The reaper re-sends unclaimed tasks too, should this
+    call be missed (a worker killed at the end of a run).
+    """
+    woken = 0
+    for task in tasks.owned_active(owner):
+        if task["deferred"] and task["status"] == str(int(TaskStatus.QUEUED)) and task["runId"]:
+            celery.send_task(
+                PROCESS_TASK, args=[task["uuid"], task["runId"]], queue=task["queue"] or QUEUE_CPU
+            )
+            woken += 1
+    return woken
 
 
 # dateCreated is milliseconds since 1970; past year 9999 no date can be shown (and task names are dates)
@@ -293,4 +366,4 @@ def _looks_like_uuid(value: str) -> bool:
     return len(value) <= 64
 
 
-__all__ = ["Node", "API_VERSION", "inputs_prefix", "results_prefix", "task_prefix"]
+__all__ = ["Node", "API_VERSION", "inputs_prefix", "results_prefix", "task_prefix", "wake_deferred"]

@@ -166,6 +166,26 @@ class Settings:
         help="console lines kept per run: the first ones, then the last 1000 at its end",
     )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
+    accounts: bool = _setting(
+        False, _bool, help="user accounts: /auth/login tokens, each user sees only their tasks (needs TOKEN)"
+    )
+    registration: bool = _setting(False, _bool, help="anyone may create an account at /auth/register")
+    token_hours: float = _setting(720.0, _non_negative_float, help="hours a login token stays valid")
+    login_attempts: int = _setting(
+        10, _positive_int, help="failed logins per user and per address before logins wait"
+    )
+    login_window_seconds: float = _setting(
+        300.0, _non_negative_float, help="how long failed logins count (and logins wait)"
+    )
+    user_max_images: int | None = _setting(
+        None, _optional_int, help="images per task for users without their own limit; 0 = unlimited"
+    )
+    user_max_running: int | None = _setting(
+        None, _optional_int, help="tasks running at once for users without their own limit; 0 = unlimited"
+    )
+    user_max_bytes: int | None = _setting(
+        None, _optional_int, help="bytes of uploads stored for users without their own limit; 0 = unlimited"
+    )
     api_threads: int = _setting(16, _positive_int, help="threads per gunicorn worker")
     metrics_token: str = _setting(
         "", secret=True, help="bearer token Prometheus sends to /metrics; empty = the node token"
@@ -271,6 +291,10 @@ def _problems(s: Settings) -> list[str]:
             f"must be shorter than {PREFIX}WORKER_TTL ({s.worker_ttl:g}), or live workers look gone",
         )
     check("webhook_retries", s.webhook_retries >= 1, "must be at least 1")
+    if s.accounts:
+        check("accounts", bool(s.token), f"needs {PREFIX}TOKEN: the administrator's and the workers' token")
+    for name in ("token_hours", "login_window_seconds"):
+        check(name, getattr(s, name) > 0, "must be greater than 0")
     for name in (
         "cleanup_minutes",
         "max_upload_mb",

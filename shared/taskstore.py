@@ -42,6 +42,7 @@ class Keys:
     reaper_lock = f"{NS}:reaper"
     webhooks = f"{NS}:webhooks"  # zset delivery json -> when due (shared/outbox.py)
     metrics = f"{NS}:metrics"  # hash counter/histogram field -> value (shared/metrics.py)
+    users = f"{NS}:users"  # set of user names (shared/accounts.py)
 
     @staticmethod
     def task(uuid: str) -> str:
@@ -66,6 +67,30 @@ class Keys:
     @staticmethod
     def engine(digest: str) -> str:
         return f"{NS}:engine:{digest}"
+
+    @staticmethod
+    def user(name: str) -> str:
+        return f"{NS}:user:{name}"  # hash: name, password (argon2), admin, maxImages, maxRunning, maxBytes
+
+    @staticmethod
+    def user_tokens(name: str) -> str:
+        return f"{NS}:user:{name}:tokens"  # set of the sha256 of the user's login tokens
+
+    @staticmethod
+    def user_tasks(name: str) -> str:
+        return f"{NS}:user:{name}:tasks"  # zset uuid -> creation sequence, the user's /task/list
+
+    @staticmethod
+    def user_bytes(name: str) -> str:
+        return f"{NS}:user:{name}:bytes"  # bytes of input files the user's sessions and tasks hold
+
+    @staticmethod
+    def auth_token(digest: str) -> str:
+        return f"{NS}:authtoken:{digest}"  # hash user, digest, expires; expires with the token
+
+    @staticmethod
+    def login_failures(kind: str, who: str) -> str:
+        return f"{NS}:loginfail:{kind}:{who}"  # counter of failed logins, expires with the window
 
 
 # KEYS: task, active, finished, output ; ARGV: target, allowed-from csv, run id ('' = any), clear output (0/1),
@@ -153,6 +178,30 @@ end
 return 0
 """
 
+# KEYS: task ; ARGV: run id, owner, limit. The claim of a task whose owner may run `limit` tasks at once: 1 and
+# the task RUNNING when fewer of the owner's other tasks run (split-merge submodels are not counted: they are
+# part of their parent's run), else 0 and the task QUEUED and marked `deferred` until one of them ends
+# (shared.node.wake_deferred). One script, so that two workers claiming two tasks of one user at once cannot
+# both start. The owner's active tasks are found from the active set (only QUEUED/RUNNING tasks, few).
+_CLAIM_LIMITED = """
+if redis.call('HGET', KEYS[1], 'runId') ~= ARGV[1] then return -1 end
+local me = redis.call('HGET', KEYS[1], 'uuid')
+local running = 0
+for _, uuid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if uuid ~= me then
+    local t = redis.call('HMGET', KEYS[3] .. uuid, 'owner', 'status', 'submodel')
+    if t[1] == ARGV[2] and t[2] == '20' and t[3] ~= '1' then running = running + 1 end
+  end
+end
+if running >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', '10', 'deferred', '1')
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', '20')
+redis.call('HDEL', KEYS[1], 'deferred')
+return 1
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -180,6 +229,7 @@ class TaskStore:
         self._live = client.register_script(_LIVE)
         self._renew = client.register_script(_RENEW)
         self._take = client.register_script(_TAKE_LEASE)
+        self._claim_limited = client.register_script(_CLAIM_LIMITED)
 
     @classmethod
     def from_url(cls, url: str, hold_seconds: float = HOLD_SECONDS) -> TaskStore:
@@ -223,7 +273,13 @@ class TaskStore:
         return {k: int(v) for k, v in self.r.hgetall(Keys.upload_files(uuid)).items()}
 
     def add_session_files(self, uuid: str, files: dict[str, int]) -> None:
+        owner = self.r.hget(Keys.upload(uuid), "owner")
         pipe = self.r.pipeline()
+        if owner and files:
+            # a file uploaded again under the same name replaces the first copy: count the difference
+            old = self.r.hmget(Keys.upload_files(uuid), list(files))
+            delta = sum(size - int(before or 0) for size, before in zip(files.values(), old, strict=True))
+            pipe.incrby(Keys.user_bytes(owner), delta)
         if files:  # HSET with no pairs is an error; a zipurl-only task records no files
             pipe.hset(Keys.upload_files(uuid), mapping=files)
         pipe.zadd(Keys.uploads, {uuid: time.time()})
@@ -268,6 +324,7 @@ class TaskStore:
                             "processingTime": "-1",
                             "inputs": json.dumps(sorted(files)),
                             "imagesCount": str(count_images(files)),
+                            "inputBytes": str(sum(int(v) for v in files.values())),
                             "committedAt": str(now_ms()),
                         }
                     )
@@ -277,7 +334,10 @@ class TaskStore:
                         record["name"] = default_task_name(int(record["dateCreated"]))
                     pipe.multi()
                     pipe.hset(tkey, mapping=record)
-                    pipe.zadd(Keys.tasks, {uuid: self.r.incr(Keys.seq)})
+                    seq = self.r.incr(Keys.seq)
+                    pipe.zadd(Keys.tasks, {uuid: seq})
+                    if record.get("owner"):
+                        pipe.zadd(Keys.user_tasks(record["owner"]), {uuid: seq})
                     pipe.sadd(Keys.active, uuid)
                     pipe.delete(skey, fkey)
                     pipe.zrem(Keys.uploads, uuid)
@@ -287,6 +347,11 @@ class TaskStore:
                     continue
 
     def drop_session(self, uuid: str) -> None:
+        owner = self.r.hget(Keys.upload(uuid), "owner")
+        if owner:
+            size = sum(self.session_files(uuid).values())
+            if self.r.delete(Keys.upload_files(uuid)):  # once: a second drop finds no files
+                self.r.decrby(Keys.user_bytes(owner), size)
         self.r.delete(Keys.upload(uuid), Keys.upload_files(uuid))
         self.r.zrem(Keys.uploads, uuid)
 
@@ -353,8 +418,10 @@ class TaskStore:
             return []
         pipe = self.r.pipeline(transaction=False)
         for uuid in uuids:
-            pipe.hmget(Keys.task(uuid), "queue", "worker")
-        return [(q or "", w or "") for q, w in pipe.execute()]
+            pipe.hmget(Keys.task(uuid), "queue", "worker", "deferred")
+        # a task deferred for its user's running limit neither waits for a slot nor holds one ("-" is
+        # no worker): it must not make other users' tasks report QUEUED
+        return [(q or "", "-" if d else w or "") for q, w, d in pipe.execute()]
 
     def requeue_decided(
         self,
@@ -384,12 +451,49 @@ class TaskStore:
                     continue
 
     def delete(self, uuid: str) -> bool:
+        owner, size = self.r.hmget(Keys.task(uuid), "owner", "inputBytes")
         pipe = self.r.pipeline()
         pipe.delete(Keys.task(uuid), Keys.output(uuid), Keys.lease(uuid))
         pipe.zrem(Keys.tasks, uuid)
         pipe.srem(Keys.active, uuid)
         pipe.zrem(Keys.finished, uuid)
-        return bool(pipe.execute()[0])
+        if owner:
+            pipe.zrem(Keys.user_tasks(owner), uuid)
+        deleted = bool(pipe.execute()[0])
+        if owner and deleted and size:  # only the call that deleted the record gives the bytes back
+            self.r.decrby(Keys.user_bytes(owner), int(size))
+        return deleted
+
+    # --- owners ---------------------------------------------------------------------------
+    def list_owned(self, owner: str) -> list[str]:
+        return list(self.r.zrange(Keys.user_tasks(owner), 0, -1))
+
+    def owner(self, uuid: str) -> str | None:
+        """The user a task or an upload session belongs to ('' for the node's own)."""
+        value = self.r.hget(Keys.task(uuid), "owner") or self.r.hget(Keys.upload(uuid), "owner")
+        return value or None
+
+    def stored_bytes(self, owner: str) -> int:
+        return int(self.r.get(Keys.user_bytes(owner)) or 0)
+
+    def owned_active(self, owner: str) -> list[dict[str, str]]:
+        """owner's QUEUED/RUNNING tasks: uuid, status, runId, queue, deferred, submodel."""
+        uuids = self.active_uuids()
+        pipe = self.r.pipeline(transaction=False)
+        names = ("uuid", "owner", "status", "runId", "queue", "deferred", "submodel")
+        for uuid in uuids:
+            pipe.hmget(Keys.task(uuid), *names)
+        rows = [dict(zip(names, values, strict=True)) for values in pipe.execute()]
+        return [row for row in rows if row["owner"] == owner and row["uuid"]]
+
+    def claim_within_limit(self, uuid: str, run_id: str, owner: str, limit: int) -> bool | None:
+        """True: the run may start (the task is RUNNING); False: deferred; None: the run is stale."""
+        result = int(
+            self._claim_limited(
+                keys=[Keys.task(uuid), Keys.active, Keys.task("")], args=[run_id, owner, int(limit)]
+            )
+        )
+        return None if result < 0 else bool(result)
 
     def finished_before(self, when_s: float) -> list[str]:
         return list(self.r.zrangebyscore(Keys.finished, "-inf", when_s))

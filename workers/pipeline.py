@@ -13,10 +13,11 @@ from typing import Any
 
 from shared import metrics
 from shared import options as optionlib
+from shared.accounts import Accounts
 from shared.errors import TaskNotFound
 from shared.events import event
 from shared.models import TaskStatus, exit_code_message
-from shared.node import inputs_prefix, results_prefix, task_prefix
+from shared.node import inputs_prefix, results_prefix, task_prefix, wake_deferred
 from shared.safety import redact_text, redact_url
 from shared.taskstore import now_ms
 from workers import files
@@ -51,6 +52,13 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         return "stale"
     if not rt.tasks.take_lease(uuid, run_id, rt.settings.lease_seconds):
         return "duplicate"
+    owner = record.get("owner") or ""
+    if owner and not record.get("submodel"):
+        limit = Accounts(rt.tasks.r, rt.settings).limits(owner).max_running
+        if limit is not None and not rt.tasks.claim_within_limit(uuid, run_id, owner, limit):
+            # the user runs as many tasks as they may: this one waits QUEUED until one of them ends
+            rt.tasks.release_lease(uuid, run_id)
+            return "deferred"
     # a run taken over from a lost or stopping worker keeps the task's first start: processingTime
     # never goes backwards
     first_start: dict[str, Any] = {} if record.get("startedAt") else {"startedAt": now_ms()}
@@ -61,6 +69,7 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
         allowed=(TaskStatus.QUEUED, TaskStatus.RUNNING),
         worker=rt.id,
         processingTime=-1,
+        deferred=None,
         **first_start,
     )
     if not claimed.ok:
@@ -92,6 +101,10 @@ def process(rt: WorkerRuntime, uuid: str, run_id: str) -> str:
     finally:
         rt.unregister(job)
         rt.tasks.release_lease(uuid, run_id)
+        if rt.cluster is not None:
+            rt.cluster.release(run_id)
+        if owner:
+            wake_deferred(rt.tasks, rt.celery, owner)  # a slot of the user's running limit is free again
         if outcome != "failed" or not rt.settings.keep_failed_scratch:
             shutil.rmtree(workdir, ignore_errors=True)
         elif workdir.exists():
@@ -267,7 +280,7 @@ def _engine_options(rt: WorkerRuntime, record: dict[str, str], say: Any) -> list
     known = {o["name"] for o in (rt.engine_info.options if rt.engine_info else [])}
     split = next((o["value"] for o in options if o["name"] == "split"), None)
     if split is not None and "sm-cluster" in known and not any(o["name"] == "sm-cluster" for o in options):
-        cluster = sm_cluster_url(rt)
+        cluster = sm_cluster_url(rt, record)
         if cluster:
             options.append({"name": "sm-cluster", "value": cluster})
             say([f"Split-merge: submodels are sent back to the farm at {redact_url(rt.settings.public_url)}"])
@@ -276,12 +289,16 @@ def _engine_options(rt: WorkerRuntime, record: dict[str, str], say: Any) -> list
     return options
 
 
-def sm_cluster_url(rt: WorkerRuntime) -> str:
+def sm_cluster_url(rt: WorkerRuntime, record: dict[str, str] | None = None) -> str:
     """The URL ODM's split-merge client uses: this worker's loopback proxy, which adds the token itself.
 
     Never the public URL with ?token=: ODM's arguments show in `ps`, in its console banner and in all.zip.
     """
-    return rt.cluster.url if rt.cluster is not None else ""
+    if rt.cluster is None:
+        return ""
+    record = record or {}
+    # submodels of a user's task are that user's (the proxy names them to the API)
+    return rt.cluster.url_for(record.get("runId", ""), record.get("owner"))
 
 
 def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zip_path: Path) -> None:

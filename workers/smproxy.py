@@ -6,6 +6,11 @@ banner and so in `task_output.txt`. Instead each worker runs this proxy on 127.0
 `http://127.0.0.1:<port>`; the proxy forwards to ODM_FARM_PUBLIC_URL, setting the token itself, and streams
 bodies both ways (submodel uploads and result downloads can be gigabytes).
 
+With user accounts, the submodels of a user's task must be that user's: each such run registers here and gets
+its own key, which ODM passes as `?token=` (only this proxy knows it); the proxy forwards the run's requests
+with the node token and OWNER_HEADER naming the user, which the API trusts only with the node token. A key
+ends with its run; a request without a known key is forwarded as before, with the node token alone.
+
 Only the NodeODM routes split-merge uses are forwarded (`/info`, `/options`, `/task/...`), so the proxy is not a
 general door into the farm for other programs on the host.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import secrets
 import threading
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 TIMEOUT = 600.0  # a commit or a large download may take long; PyODM has its own, shorter timeouts
 ALLOWED_PREFIXES = ("/info", "/options", "/task/")
+OWNER_HEADER = "X-Odm-Farm-Owner"  # the same name as api.app.OWNER_HEADER (workers never import api)
 # hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business on each side
 HOP_BY_HOP = {
     "connection",
@@ -51,11 +58,36 @@ class ClusterProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._owners: dict[str, str] = {}  # run key -> user
+        self._keys: dict[str, str] = {}  # run id -> run key
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         """What ODM gets as --sm-cluster: no token, nothing secret."""
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def url_for(self, run_id: str, owner: str | None) -> str:
+        """The --sm-cluster URL for one run: a run of a user's task gets a key naming that user here."""
+        if not owner:
+            return self.url
+        key = secrets.token_urlsafe(24)
+        with self._lock:
+            self._owners[key] = owner
+            self._keys[run_id] = key
+        return f"{self.url}/?token={key}"
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            key = self._keys.pop(run_id, None)
+            if key:
+                self._owners.pop(key, None)
+
+    def owner_of(self, path: str) -> str:
+        """The user of the run whose key the request carries; '' without a known key."""
+        given = next((v for k, v in parse_qsl(urlsplit(path).query) if k == "token"), "")
+        with self._lock:
+            return self._owners.get(given, "") if given else ""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.server.serve_forever, name="sm-proxy", daemon=True)
@@ -80,8 +112,10 @@ class ClusterProxy:
             query.append(("token", self.token))
         return urlunsplit(("", "", self.target.path + parts.path, urlencode(query), ""))
 
-    def upstream_headers(self, headers: Message) -> dict[str, str]:
-        out = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+    def upstream_headers(self, headers: Message, owner: str = "") -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP | {OWNER_HEADER.lower()}}
+        if owner:
+            out[OWNER_HEADER] = owner
         out["Host"] = self.target.netloc.rsplit("@", 1)[-1]
         if self.target.username is not None:
             import base64
@@ -99,12 +133,13 @@ def _handler_for(proxy: ClusterProxy) -> type[BaseHTTPRequestHandler]:
             if not urlsplit(self.path).path.startswith(ALLOWED_PREFIXES):
                 self._answer(404, b'{"error": "Not a split-merge route"}')
                 return
+            owner = proxy.owner_of(self.path)
             conn = proxy.upstream()
             try:
                 conn.putrequest(
                     self.command, proxy.upstream_path(self.path), skip_host=True, skip_accept_encoding=True
                 )
-                headers = proxy.upstream_headers(self.headers)
+                headers = proxy.upstream_headers(self.headers, owner)
                 chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
                 if chunked:
                     headers["Transfer-Encoding"] = "chunked"

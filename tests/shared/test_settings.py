@@ -43,6 +43,15 @@ def test_heartbeat_must_be_shorter_than_lease_and_ttl() -> None:
     assert ok.lease_seconds == 5 and ok.heartbeat_seconds == 1
 
 
+def test_accounts_need_the_node_token() -> None:
+    with pytest.raises(SettingsError, match="ODM_FARM_ACCOUNTS=True: needs ODM_FARM_TOKEN"):
+        Settings.from_env({"ODM_FARM_ACCOUNTS": "true"})
+    with pytest.raises(SettingsError, match="ODM_FARM_TOKEN_HOURS"):
+        Settings.from_env({"ODM_FARM_TOKEN_HOURS": "0"})
+    ok = Settings.from_env({"ODM_FARM_ACCOUNTS": "true", "ODM_FARM_TOKEN": "t", "ODM_FARM_USER_MAX_RUNNING": "2"})
+    assert ok.accounts and not ok.registration and ok.user_max_running == 2
+
+
 def test_defaults_and_usual_values_are_accepted() -> None:
     Settings()
     Settings.from_env({"ODM_FARM_PORT": "65535", "ODM_FARM_CLEANUP_MINUTES": "0", "ODM_FARM_MAX_UPLOAD_MB": "0",

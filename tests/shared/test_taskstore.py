@@ -655,3 +655,52 @@ def test_a_lapsed_lease_is_taken_again_only_by_the_run_and_worker_that_own_the_t
     store.transition(uuid, S.CANCELED)
     store.release_lease(uuid, run)
     assert not store.renew_lease(uuid, run, 5, worker="w1"), "a cancelled task's lease is not taken again"
+
+
+def test_a_users_running_limit_holds_when_workers_claim_at_once(redis_url: str, store: TaskStore) -> None:
+    """Tasks of one user claimed by parallel workers: exactly `limit` start, the rest wait QUEUED, deferred."""
+    tasks = [make_task(store, S.RUNNING, owner="ann") for _ in range(6)]
+    other = make_task(store, S.RUNNING, owner="ben")
+    split = make_task(store, S.RUNNING, owner="ann", submodel="1")  # part of its parent's run: not counted
+    results: dict[str, bool | None] = {}
+    barrier = threading.Barrier(len(tasks))
+
+    def claim(uuid: str, run_id: str) -> None:
+        own = TaskStore.from_url(redis_url)  # one client per thread, as separate workers would
+        barrier.wait()
+        results[uuid] = own.claim_within_limit(uuid, run_id, "ann", 2)
+
+    threads = [threading.Thread(target=claim, args=t) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [u for u, ok in results.items() if ok]
+    assert len(started) == 2, results
+    for uuid, _ in tasks:
+        record = store.get(uuid)
+        assert record["status"] == str(int(S.RUNNING if uuid in started else S.QUEUED))
+        assert ("deferred" in record) is (uuid not in started)
+    assert store.status(other[0]) is S.RUNNING and store.status(split[0]) is S.RUNNING
+    assert store.claim_within_limit(tasks[0][0], "stale-run", "ann", 2) is None
+    # a deferred task neither waits for a slot nor holds one
+    deferred = {u for u, ok in results.items() if not ok}
+    assert sum(1 for _, w in store.occupancy() if w == "-") == len(deferred)
+
+
+def test_a_users_stored_bytes_follow_uploads_commits_and_removals(store: TaskStore) -> None:
+    uuid = new_uuid()
+    assert store.create_session(uuid, {"options": [], "owner": "ann"})
+    store.add_session_files(uuid, {"a.jpg": 100, "b.jpg": 50})
+    store.add_session_files(uuid, {"a.jpg": 70})  # sent again: replaces the first copy
+    assert store.stored_bytes("ann") == 120
+    store.commit_session(uuid, FREE, new_run_id(), {})
+    assert store.stored_bytes("ann") == 120 and store.list_owned("ann") == [uuid]
+    assert store.delete(uuid) and not store.delete(uuid)
+    assert store.stored_bytes("ann") == 0 and store.list_owned("ann") == []
+    dropped = new_uuid()
+    assert store.create_session(dropped, {"options": [], "owner": "ann"})
+    store.add_session_files(dropped, {"c.jpg": 30})
+    store.drop_session(dropped)
+    store.drop_session(dropped)
+    assert store.stored_bytes("ann") == 0
