@@ -270,7 +270,9 @@ def test_no_service_links_in_farm_pods(objs: list[Obj]) -> None:
     # Kubernetes would add <SERVICE>_PORT=tcp://... for each Service: a Service named odm-farm would
     # set ODM_FARM_PORT, the API's own port setting.
     for workload in workloads(objs):
-        assert workload["spec"]["template"]["spec"]["enableServiceLinks"] is False, workload["metadata"]["name"]
+        assert workload["spec"]["template"]["spec"]["enableServiceLinks"] is False, workload["metadata"][
+            "name"
+        ]
 
 
 # --- Services, ports, addresses ----------------------------------------------------------------------
@@ -282,7 +284,8 @@ def selected(objs: list[Obj], service: Obj) -> list[Obj]:
         w
         for w in workloads(objs)
         if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
-        and w["spec"]["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        and w["spec"]["selector"]["matchLabels"].items()
+        <= w["spec"]["template"]["metadata"]["labels"].items()
     ]
 
 
@@ -308,7 +311,12 @@ def test_the_api_listens_where_its_service_and_probes_point(objs: list[Obj]) -> 
     assert one(objs, "Service", "odm-farm-api")["spec"]["ports"][0]["port"] == settings.port
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    routes = {rule.rule for rule in create_app(Settings(redis_url="redis://127.0.0.1:1/0"), check_store=False).url_map.iter_rules()}
+    routes = {
+        rule.rule
+        for rule in create_app(
+            Settings(redis_url="redis://127.0.0.1:1/0"), check_store=False
+        ).url_map.iter_rules()
+    }
     assert {"/ready", "/health"} <= routes
     assert api["spec"]["replicas"] == 3  # the overlay's count
 
@@ -381,7 +389,7 @@ def test_dockerfiles_behind_the_images_run_the_roles_the_manifests_run(objs: lis
         assert f"CMD {json.dumps(command)}" in dockerfile, role
         # the images' user owns the scratch folder; fsGroup keeps the emptyDir writable for it
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
-        assert 'FARM_UID=10001' in dockerfile
+        assert "FARM_UID=10001" in dockerfile
 
 
 # --- workers --------------------------------------------------------------------------------------------
@@ -433,7 +441,9 @@ def test_scaled_objects_target_the_workers_and_count_their_queues(objs: list[Obj
             assert trigger["type"] == "redis"
             assert meta["address"] == f"{redis_host}.{namespace}.svc.cluster.local:{redis_port}"
             assert meta["databaseIndex"] == redis_url.path.lstrip("/")
-            assert meta["listName"] in settings.worker_queues, f"{ref['name']} does not serve {meta['listName']}"
+            assert meta["listName"] in settings.worker_queues, (
+                f"{ref['name']} does not serve {meta['listName']}"
+            )
             # one waiting task per slot of a new pod
             assert int(meta["listLength"]) == settings.worker_slots
             assert int(meta.get("activationListLength", "0")) == 0, "a waiting task must wake the workers"
@@ -474,3 +484,9 @@ def test_queued_tasks_wait_in_the_redis_lists_the_scalers_count(objs: list[Obj],
     finally:
         celery.close()
         r.flushdb()
+
+
+def test_overlay_secrets_stay_out_of_the_images() -> None:
+    # an operator's overlay (secrets.env, redis.env) lives in deploy/k8s: no image build may copy it
+    patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert "deploy" in patterns
