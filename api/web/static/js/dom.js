@@ -1,4 +1,4 @@
-// DOM helpers. Text from the server only ever goes through textContent or attributes: never innerHTML.
+// DOM helpers. Text from the server only ever goes through textContent or attributes, never parsed as HTML.
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
