@@ -467,6 +467,23 @@ def test_a_failed_file_is_named_and_the_rest_can_start(
     assert task_info(wfarm, uuid)["imagesCount"] == 2
 
 
+def test_an_upload_that_loses_its_connection_is_tried_again(browser: WebDriver, wfarm: Farm, tmp_path: Path) -> None:
+    dashboard(browser, wfarm)
+    # the first two upload requests fail as a lost connection does (another origin: the page's CSP blocks
+    # them, and the request errors without an answer), then they reach the node again
+    browser.execute_script(
+        "window.__uploads = 0; const open = XMLHttpRequest.prototype.open;"
+        "XMLHttpRequest.prototype.open = function (method, url, ...rest) {"
+        "  if (String(url).includes('/task/new/upload/') && ++window.__uploads <= 2) url = 'http://127.0.0.1:9/x';"
+        "  return open.call(this, method, url, ...rest); };"
+    )
+    choose_files(browser, make_images(tmp_path, count=2))
+    uuid = submit_and_wait_for_new_task(browser, wfarm)
+    assert browser.execute_script("return window.__uploads") == 3  # two failures, then the upload
+    assert task_info(wfarm, uuid)["imagesCount"] == 2
+    assert not browser.find_elements(By.CSS_SELECTOR, "#upload-failures li")
+
+
 def test_a_hostile_task_name_shows_as_text(browser: WebDriver, wfarm: Farm, tmp_path: Path) -> None:
     node = wfarm.node()
     task = node.create_task(make_images(tmp_path, count=1), name=XSS_NAME)
@@ -605,6 +622,7 @@ def test_a_thousand_tasks_stay_responsive(browser: WebDriver, wfarm: Farm) -> No
     until(browser, lambda: target in css(row(browser, target), ".task-detail").text, "the detail is empty")
     answer = time.monotonic() - clicked
     assert first_render < 15 and answer < 5, (first_render, answer)
+    browser.save_screenshot(str(ARTIFACTS / "webapp-1000-tasks.png"))
 
     # polling stays on the visible rows: a few polls fetch far fewer infos than there are tasks
     time.sleep(6)

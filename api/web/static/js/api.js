@@ -82,6 +82,7 @@ export class Api {
       };
       xhr.onerror = () => reject(new ApiError("Network error (the connection was lost)"));
       xhr.ontimeout = () => reject(new ApiError("The upload timed out"));
+      xhr.onabort = () => reject(new ApiError("The upload was interrupted"));
       xhr.send(form);
     });
   }
