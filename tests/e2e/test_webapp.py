@@ -371,6 +371,10 @@ def test_screenshot_cancel_and_restart_with_changed_options(
     assert options["feature-quality"] == "ultra"
     assert task_info(wfarm, uuid)["status"]["code"] in (10, 20)
     until(browser, lambda: row_status(browser, uuid) in ("10", "20"), "the restart did not show")
+    # the console starts over with the new run (the node cleared the old one)
+    console = css(row(browser, uuid), "[data-role=console]")
+    until(browser, lambda: "feature_quality: ultra" in console.text, "the new run's console did not show")
+    assert "feature_quality: high" not in console.text
     # no reason to wait for it: cancel the restarted run
     wfarm.post("/task/cancel", data={"uuid": uuid})
 
@@ -467,7 +471,9 @@ def test_a_failed_file_is_named_and_the_rest_can_start(
     assert task_info(wfarm, uuid)["imagesCount"] == 2
 
 
-def test_an_upload_that_loses_its_connection_is_tried_again(browser: WebDriver, wfarm: Farm, tmp_path: Path) -> None:
+def test_an_upload_that_loses_its_connection_is_tried_again(
+    browser: WebDriver, wfarm: Farm, tmp_path: Path
+) -> None:
     dashboard(browser, wfarm)
     # the first two upload requests fail as a lost connection does (another origin: the page's CSP blocks
     # them, and the request errors without an answer), then they reach the node again

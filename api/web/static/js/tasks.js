@@ -100,6 +100,12 @@ class Detail {
 
   update(info) {
     const code = info.status?.code;
+    if (ACTIVE.has(code) && this.code !== undefined && !ACTIVE.has(this.code)) {
+      // restarted: the node cleared the console, the new run's lines start again at 0
+      this.line = 0;
+      this.console.textContent = "";
+    }
+    this.code = code;
     setText(this.error, info.status?.errorMessage || "");
     this.error.hidden = !info.status?.errorMessage;
     clear(this.meta);
