@@ -10,37 +10,25 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
 
 from tests.e2e.helpers import make_images, slow_image, task_info, wait_status
+from tests.support.browser import add_finished_tasks, browser_available, start_chromium
 from tests.support.farm import ROOT, TOKEN, Farm, RedisServer, farm_env, wait_until
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "test-artifacts"
 PASSWORD = "correct horse battery"
 XSS_NAME = '<img src=x onerror="window.__xss=1">'
-
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="needs Debian's chromium and chromium-driver (make install installs them)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -72,34 +60,9 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(downloads: Path) -> Iterator[WebDriver]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1440,1000",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    options.add_experimental_option(
-        "prefs",
-        {
-            "download.default_directory": str(downloads),
-            "download.prompt_for_download": False,
-            "safebrowsing.enabled": False,
-        },
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd(
-        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
-    driver.set_page_load_timeout(30)
+    if not browser_available():
+        pytest.fail("needs Debian's chromium and chromium-driver: make install (as root) installs them")
+    driver = start_chromium(downloads)
     try:
         yield driver
     finally:
@@ -573,43 +536,8 @@ def test_a_user_logs_in_and_sees_only_their_tasks(browser: WebDriver, wfarm: Far
     until(browser, lambda: css(browser, "#login-form"), "log out did not forget the token")
 
 
-def add_finished_tasks(farm: Farm, count: int) -> list[str]:
-    """`count` finished tasks written straight into the farm's Redis, as the task store writes them."""
-    r = farm.redis
-    now = int(time.time() * 1000)
-    uuids = [str(uuidlib.uuid4()) for _ in range(count)]
-    first = r.incrby("odmfarm:seq", count) - count
-    pipe = r.pipeline(transaction=False)
-    for i, uuid in enumerate(uuids):
-        status = (40, 30, 50)[i % 3]
-        pipe.hset(
-            f"odmfarm:task:{uuid}",
-            mapping={
-                "uuid": uuid,
-                "name": f"bulk task {i:04d}",
-                "status": str(status),
-                "runId": "r",
-                "attempt": "1",
-                "progress": "100" if status == 40 else "37",
-                "processingTime": str(1000 + i),
-                "options": "[]",
-                "inputs": json.dumps(["a.jpg"]),
-                "imagesCount": "1",
-                "inputBytes": "100",
-                "dateCreated": str(now - (count - i) * 1000),
-                "committedAt": str(now),
-                "queue": "cpu",
-                **({"errorMessage": "bulk failure"} if status == 30 else {}),
-            },
-        )
-        pipe.zadd("odmfarm:tasks", {uuid: first + i + 1})
-        pipe.zadd("odmfarm:finished", {uuid: time.time()})
-    pipe.execute()
-    return uuids
-
-
 def test_a_thousand_tasks_stay_responsive(browser: WebDriver, wfarm: Farm) -> None:
-    uuids = add_finished_tasks(wfarm, 1000)
+    uuids = add_finished_tasks(wfarm.redis, 1000)
     started = time.monotonic()
     dashboard(browser, wfarm)
     until(browser, lambda: "of 10" in css(browser, "#task-count").text, "the list did not load")
