@@ -326,6 +326,7 @@ def test_screenshot_cancel_and_restart_with_changed_options(
     dialog = until(browser, lambda: css(browser, "dialog.modal[open]"), "no restart dialog")
     assert css(dialog, "#opt-feature-quality").get_attribute("value") == "high"  # the default, unchanged
     Select(css(dialog, "#opt-feature-quality")).select_by_visible_text("ultra")
+    browser.save_screenshot(str(ARTIFACTS / "webapp-restart-options.png"))
     css(dialog, 'button[data-action="restart"]').click()
     until(
         browser, lambda: not browser.find_elements(By.CSS_SELECTOR, "dialog.modal[open]"), "the dialog stayed"
