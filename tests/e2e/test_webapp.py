@@ -320,6 +320,12 @@ def test_screenshot_cancel_and_restart_with_changed_options(
     action(browser, uuid, "cancel")
     until(browser, lambda: row_status(browser, uuid) == "50", "cancel did not show", timeout=15)
     assert task_info(wfarm, uuid)["status"]["code"] == 50
+    # cancelled before it completed: nothing to download, and the page does not offer a link
+    downloads = css(row(browser, uuid), "[data-role=downloads]")
+    until(
+        browser, lambda: "No results" in downloads.text, "a download was offered for a task without results"
+    )
+    assert not downloads.find_elements(By.CSS_SELECTOR, "a")
 
     # restart it with a changed option: the dialog opens with the task's options filled in
     action(browser, uuid, "restart")

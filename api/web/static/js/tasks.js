@@ -141,35 +141,42 @@ class Detail {
     }
   }
 
-  // which single assets exist: a HEAD per asset, once per finished run
+  // which assets exist: a HEAD per asset, once per finished run (a task cancelled before it completed has none)
   async #loadAssets(info) {
     const runKey = `${info.status?.code}/${info.processingTime}`;
     if (this.assetsFor === runKey) return;
     this.assetsFor = runKey;
     const api = this.list.api;
-    const all = h("a", { class: "btn primary", href: api.url(`/task/${info.uuid}/download/all.zip`), download: "all.zip", "data-asset": "all.zip" }, "Download all (all.zip)");
-    const singles = h("ul", { class: "asset-list" });
-    clear(this.downloads).append(h("div", { class: "downloads-head" }, all), singles);
-    const found = [];
-    await pool(ASSETS, 4, async (asset) => {
+    const found = new Map();
+    await pool(["all.zip", ...ASSETS], 4, async (asset) => {
       try {
         const response = await fetch(api.url(`/task/${info.uuid}/download/${asset}`), { method: "HEAD", redirect: "manual" });
         const type = response.headers.get("Content-Type") || "";
         if (response.type === "opaqueredirect" || (response.ok && !type.startsWith("application/json"))) {
-          found.push({ asset, size: response.headers.get("Content-Length") });
+          found.set(asset, response.headers.get("Content-Length"));
         }
       } catch {
         // not listed; all.zip still has it
       }
     });
     if (this.assetsFor !== runKey) return;
-    found.sort((a, b) => ASSETS.indexOf(a.asset) - ASSETS.indexOf(b.asset));
-    for (const { asset, size } of found) {
-      singles.append(h("li", {},
-        h("a", { href: api.url(`/task/${info.uuid}/download/${asset}`), download: asset, "data-asset": asset }, asset),
-        size ? h("span", { class: "muted" }, ` ${formatBytes(Number(size))}`) : null));
+    clear(this.downloads);
+    if (!found.has("all.zip") && info.status?.code !== 40) {
+      this.downloads.append(h("p", { class: "muted" }, "No results: the task ended before it completed."));
+      return;
     }
-    if (!found.length) singles.append(h("li", { class: "muted" }, "No single asset: download all.zip."));
+    const link = (asset, label) => h("a", { href: api.url(`/task/${info.uuid}/download/${asset}`), download: asset, "data-asset": asset }, label);
+    const all = link("all.zip", "Download all (all.zip)");
+    all.className = "btn primary";
+    const size = found.get("all.zip");
+    this.downloads.append(h("div", { class: "downloads-head" }, all, size ? h("span", { class: "muted" }, ` ${formatBytes(Number(size))}`) : null));
+    const singles = ASSETS.filter((a) => found.has(a));
+    if (!singles.length) {
+      this.downloads.append(h("p", { class: "muted" }, "No single asset: everything is in all.zip."));
+      return;
+    }
+    this.downloads.append(h("ul", { class: "asset-list" }, singles.map((asset) => h("li", {},
+      link(asset, asset), found.get(asset) ? h("span", { class: "muted" }, ` ${formatBytes(Number(found.get(asset)))}`) : null))));
   }
 
   // the console tail: only the lines after the last one seen
