@@ -19,7 +19,7 @@ $(BIN)/.installed-test: $(BIN)/.installed
 # the web app's browser tests drive a headless Chromium (Debian 12: chromium + chromium-driver, as root)
 CHROMEDRIVER ?= /usr/bin/chromedriver
 $(CHROMEDRIVER):
-	apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
 install: $(BIN)/.installed-test $(CHROMEDRIVER)
 
