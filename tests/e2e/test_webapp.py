@@ -229,6 +229,20 @@ def test_token_is_asked_for_and_kept_on_every_call(browser: WebDriver, wfarm: Fa
     assert calls and all(f"token={TOKEN}" in c for c in calls), calls
 
 
+def test_a_node_without_accounts_asks_for_its_token(browser: WebDriver, farm_factory: Any) -> None:
+    plain = farm_factory(workers=0)  # the node token only: no login, a token field
+    open_app(browser, plain, token="wrong")
+    form = until(browser, lambda: css(browser, "#token-form"), "no token form")
+    assert "Invalid authentication token" in form.text and not browser.find_elements(By.ID, "login-form")
+    set_text(browser, "#token-input", TOKEN)
+    css(form, "button[type=submit]").click()
+    until(
+        browser, lambda: browser.execute_script("return document.body.dataset.polled || ''"), "no dashboard"
+    )
+    assert f"token={TOKEN}" in browser.current_url
+    until(browser, lambda: "No live worker" in css(browser, "#farm-workers").text, "the farm panel is empty")
+
+
 def test_submit_with_files_and_options_and_watch_it_complete(
     browser: WebDriver, wfarm: Farm, tmp_path: Path, downloads: Path
 ) -> None:
