@@ -16,7 +16,12 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed-test
+# the web app's browser tests drive a headless Chromium (Debian 12: chromium + chromium-driver, as root)
+CHROMEDRIVER ?= /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+install: $(BIN)/.installed-test $(CHROMEDRIVER)
 
 up: $(BIN)/.installed
 	$(BIN)/odm-farm up

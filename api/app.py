@@ -38,6 +38,7 @@ PUBLIC_ENDPOINTS = {
     "info.auth_register",
     "info.swagger",
     "web.index",
+    "web.asset",
 }
 
 # Routes outside the NodeODM surface: during an outage they answer 503 at once, as operators expect.
@@ -48,8 +49,10 @@ OPERATOR_ENDPOINTS = {
     "info.ready",
     "info.metrics",
     "info.workers",
+    "info.farm",
     "info.swagger",
     "web.index",
+    "web.asset",
 }
 OPERATOR_HOLD_SECONDS = 1.0  # enough to replace a pooled connection that a Redis restart broke
 

@@ -26,6 +26,7 @@ import bench_commit_to_complete
 import bench_download
 import bench_faults
 import bench_upload
+import bench_webapp
 from harness import RESULTS, ROOT, fmt, machine, print_result
 
 Runner = Callable[[], dict[str, Any]]
@@ -55,6 +56,7 @@ HEADLINES = {
         "s3_streamed_api_rss_growth_mb",
     ],
     "commit_to_complete": ["commit_to_completed_p50_ms", "processing_time_p50_ms", "dispatch_p50_ms"],
+    "webapp": ["load_to_rows_ms", "open_row_p50_ms", "next_page_p50_ms", "event_loop_lag_max_ms"],
     "faults": [
         "tasks_completed",
         "tasks_failed",
@@ -76,6 +78,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
+            "webapp": lambda: bench_webapp.run(300, rows=3),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
@@ -84,6 +87,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
+        "webapp": lambda: bench_webapp.run(1000),
     }
 
 
