@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from pyodm import Node
@@ -51,17 +51,20 @@ class RemoteNode(Node):
             parts = urlsplit(base_url)
             port = parts.port
         except ValueError as exc:
-            raise ClientError(f"bad node URL {base_url!r}: {exc}") from None
+            raise ClientError(f"bad node URL {masked_url(base_url)!r}: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ClientError(f"bad node URL {base_url!r}: expected http(s)://host[:port][/path]")
+            raise ClientError(f"bad node URL {masked_url(base_url)!r}: expected http(s)://host[:port][/path]")
+        # a URL copied from a browser may carry the token (`?token=`): it is the token unless one is given
+        token = token or dict(parse_qsl(parts.query)).get("token", "")
         super().__init__(parts.hostname, port or (443 if parts.scheme == "https" else 80), token, timeout)
-        self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"  # requests, with credentials
+        self.base = masked_url(self._base)  # messages: `user:***@host` (a proxy's basic auth)
 
     def url(self, url: str, query: dict[str, Any] | None = None) -> str:
         query = dict(query or {})  # PyODM passes a shared default dict
         if self.token:
             query["token"] = self.token
-        return self.base + url + (f"?{urlencode(query)}" if query else "")
+        return self._base + url + (f"?{urlencode(query)}" if query else "")
 
     # PyODM hands back the raw response when an answer is not JSON, and its Task methods then fail on it
     # (`'Response' object has no attribute 'get'`): a NodeODM API answers JSON, so anything else is an error
@@ -76,6 +79,18 @@ class RemoteNode(Node):
         if isinstance(result, requests.Response):
             raise ClientError(not_nodeodm(self.base + url, result))
         return result
+
+
+def masked_url(url: str) -> str:
+    """`url` fit for a message: no password, no query (it may hold the token)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        return url.split("?")[0].split("@")[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def not_nodeodm(url: str, response: requests.Response) -> str:

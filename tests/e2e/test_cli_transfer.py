@@ -155,3 +155,22 @@ def test_logs_follow_on_a_node_that_cannot_be_reached_fails_at_once() -> None:
     result = odm("logs", "abc", "--follow", "--url", f"http://127.0.0.1:{free_port()}", timeout=30)
     assert result.returncode == 1 and "connection refused" in result.stderr, result
     assert time.monotonic() - started < 15, "no long wait for a node that was never there"
+
+
+def test_credentials_in_the_node_url_are_used_and_never_shown() -> None:
+    with local_server() as server:
+        server.routes["/task/list"] = lambda h: (
+            as_json([])(h) if "token=tok-99" in h.path and h.headers.get("Authorization") else reply(h, 401)  # type: ignore[operator]
+        )
+        # a URL copied from a browser, behind a proxy's basic auth: both are sent, neither is printed
+        listed = odm("tasks", "--url", f"http://ops:pw-77@127.0.0.1:{server.port}/?token=tok-99")
+        assert listed.returncode == 0 and listed.stdout.startswith("UUID"), listed
+        refused = odm("tasks", "--url", f"http://ops:pw-77@127.0.0.1:{server.port}/?token=wrong-88")
+        assert refused.returncode == 1 and "refused the request (wrong token)" in refused.stderr, refused
+        assert f"http://ops:***@127.0.0.1:{server.port}" in refused.stderr
+    gone = odm("tasks", "--url", f"http://ops:pw-77@127.0.0.1:{free_port()}/?token=tok-99")
+    assert gone.returncode == 1 and "connection refused" in gone.stderr
+    bad = odm("tasks", "--url", "http://ops:pw-77@127.0.0.1:99999/?token=tok-99")
+    assert bad.returncode == 1 and "bad node URL" in bad.stderr
+    for result in (listed, refused, gone, bad):
+        assert "pw-77" not in result.stderr and "tok-99" not in result.stderr and "wrong-88" not in result.stderr
