@@ -283,8 +283,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     with client.friendly_errors(node):
         try:
             workers = node.get("/workers")
-        except client.NodeServerError:
-            raise ClientError(f"{node.base} has no /workers: it is not an ODM Farm") from None
+        except client.NodeServerError as exc:
+            if "404" not in str(exc):  # a farm in trouble (503 while Redis restarts) is still a farm
+                raise
+            raise ClientError(
+                f"{node.base} has no /workers: it is not an ODM Farm (NodeODM and ClusterODM list no workers)"
+            ) from None
     if not isinstance(workers, list):
         raise ClientError(f"unexpected answer from {node.base}/workers")
     print(

@@ -30,8 +30,16 @@ UUID = "3a9c1a52-0000-4000-8000-000000000001"
 
 def odm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODM_FARM_")}
-    return subprocess.run([sys.executable, "-m", "odm_farm.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "odm_farm.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def as_json(value: object, status: int = 200) -> object:
@@ -50,7 +58,9 @@ def uploads(server: LocalServer) -> list[bytes]:
     return [r.body for r in server.received if r.path == f"/task/new/upload/{UUID}"]
 
 
-def test_upload_progress_moves_by_bytes_and_a_retried_file_counts_once(node: LocalServer, tmp_path: Path) -> None:
+def test_upload_progress_moves_by_bytes_and_a_retried_file_counts_once(
+    node: LocalServer, tmp_path: Path
+) -> None:
     images = [Path(p) for p in make_images(tmp_path, count=2, size=1_000_000)]
     total = sum(p.stat().st_size for p in images)
     failed: set[bytes] = set()
@@ -66,8 +76,15 @@ def test_upload_progress_moves_by_bytes_and_a_retried_file_counts_once(node: Loc
 
     node.routes[f"/task/new/upload/{UUID}"] = flaky
     seen: list[tuple[int, int | None]] = []
-    task = transfer.upload_task(RemoteNode(node.url()), images, {"dsm": True}, lambda d, t: seen.append((d, t)),
-                                name="bytes", parallel=1, retry_wait=0.01)
+    task = transfer.upload_task(
+        RemoteNode(node.url()),
+        images,
+        {"dsm": True},
+        lambda d, t: seen.append((d, t)),
+        name="bytes",
+        parallel=1,
+        retry_wait=0.01,
+    )
     assert task.uuid == UUID
     assert len(uploads(node)) == 4, "each file sent twice"
     for image in images:
@@ -85,7 +102,9 @@ def test_a_file_that_keeps_failing_is_named(node: LocalServer, tmp_path: Path) -
     node.routes[f"/task/new/upload/{UUID}"] = as_json({"error": "disk full"}, 200)
     images = [Path(p) for p in make_images(tmp_path, count=1)]
     with pytest.raises(ClientError, match=r"img1.jpg: upload failed after 3 attempts: disk full"):
-        transfer.upload_task(RemoteNode(node.url()), images, {}, lambda d, t: None, retries=2, retry_wait=0.01)
+        transfer.upload_task(
+            RemoteNode(node.url()), images, {}, lambda d, t: None, retries=2, retry_wait=0.01
+        )
     assert len(uploads(node)) == 3
     assert not any(r.path.startswith("/task/new/commit") for r in node.received)
 
@@ -107,12 +126,21 @@ def test_download_resumes_where_a_dropped_connection_stopped(node: LocalServer, 
             handler.close_connection = True
             return
         start = int(asked.removeprefix("bytes=").split("-")[0])
-        reply(handler, 206, archive[start:], {"Content-Type": "application/zip",
-                                              "Content-Range": f"bytes {start}-{len(archive) - 1}/{len(archive)}"})
+        reply(
+            handler,
+            206,
+            archive[start:],
+            {
+                "Content-Type": "application/zip",
+                "Content-Range": f"bytes {start}-{len(archive) - 1}/{len(archive)}",
+            },
+        )
 
     node.routes[f"/task/{UUID}/download/all.zip"] = serve
     seen: list[tuple[int, int | None]] = []
-    path = transfer.download_zip(Task(RemoteNode(node.url(), "tok"), UUID), tmp_path, lambda d, t: seen.append((d, t)))
+    path = transfer.download_zip(
+        Task(RemoteNode(node.url(), "tok"), UUID), tmp_path, lambda d, t: seen.append((d, t))
+    )
     assert path.read_bytes() == archive
     ranges = [r.headers.get("Range") for r in node.received if r.path.endswith("all.zip")]
     assert len(ranges) == 2 and ranges[0] is None and ranges[1] is not None
@@ -128,18 +156,42 @@ def web_page() -> Iterator[LocalServer]:
     """A web server answering an HTML page (200) on every path a client command uses."""
     page = b"<!doctype html><html><body>It works!</body></html>"
     with local_server() as server:
-        for path in ("/info", "/options", "/task/list", "/task/abc/info", "/task/abc/output", "/task/cancel",
-                     "/task/restart", "/task/remove", "/task/abc/download/all.zip", "/workers", "/task/new/init"):
+        for path in (
+            "/info",
+            "/options",
+            "/task/list",
+            "/task/abc/info",
+            "/task/abc/output",
+            "/task/cancel",
+            "/task/restart",
+            "/task/remove",
+            "/task/abc/download/all.zip",
+            "/workers",
+            "/task/new/init",
+        ):
             server.routes[path] = lambda h: reply(h, 200, page, {"Content-Type": "text/html; charset=utf-8"})
         yield server
 
 
-@pytest.mark.parametrize("command", [("tasks",), ("info", "abc"), ("info", "abc", "--json"), ("logs", "abc"),
-                                     ("logs", "abc", "-f"), ("cancel", "abc"), ("restart", "abc"),
-                                     ("remove", "abc"), ("download", "abc", "DIR"), ("workers",),
-                                     ("submit", "IMAGE")])
-def test_a_web_server_that_is_no_nodeodm_gets_one_clear_line(web_page: LocalServer, tmp_path: Path,
-                                                              command: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tasks",),
+        ("info", "abc"),
+        ("info", "abc", "--json"),
+        ("logs", "abc"),
+        ("logs", "abc", "-f"),
+        ("cancel", "abc"),
+        ("restart", "abc"),
+        ("remove", "abc"),
+        ("download", "abc", "DIR"),
+        ("workers",),
+        ("submit", "IMAGE"),
+    ],
+)
+def test_a_web_server_that_is_no_nodeodm_gets_one_clear_line(
+    web_page: LocalServer, tmp_path: Path, command: tuple[str, ...]
+) -> None:
     image = make_images(tmp_path, count=1)[0]
     argv = [{"DIR": str(tmp_path / "out"), "IMAGE": image}.get(a, a) for a in command]
     # host:port without a scheme, as NodeODM's users type it
@@ -173,4 +225,14 @@ def test_credentials_in_the_node_url_are_used_and_never_shown() -> None:
     bad = odm("tasks", "--url", "http://ops:pw-77@127.0.0.1:99999/?token=tok-99")
     assert bad.returncode == 1 and "bad node URL" in bad.stderr
     for result in (listed, refused, gone, bad):
-        assert "pw-77" not in result.stderr and "tok-99" not in result.stderr and "wrong-88" not in result.stderr
+        assert (
+            "pw-77" not in result.stderr and "tok-99" not in result.stderr and "wrong-88" not in result.stderr
+        )
+
+
+def test_workers_on_a_farm_in_trouble_is_not_called_no_farm() -> None:
+    with local_server() as server:
+        server.routes["/workers"] = as_json({"error": "Redis is unavailable"}, 503)
+        result = odm("workers", "--url", server.url())
+    assert result.returncode == 1 and "not an ODM Farm" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "503" in result.stderr
