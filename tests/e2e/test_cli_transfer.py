@@ -236,3 +236,23 @@ def test_workers_on_a_farm_in_trouble_is_not_called_no_farm() -> None:
         result = odm("workers", "--url", server.url())
     assert result.returncode == 1 and "not an ODM Farm" not in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "503" in result.stderr
+
+
+def test_a_destination_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    info = {
+        "uuid": "abc",
+        "name": "t",
+        "dateCreated": 0,
+        "processingTime": 1,
+        "status": {"code": 40},
+        "options": [],
+        "imagesCount": 1,
+        "progress": 100,
+    }
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with local_server() as server:
+        server.routes["/task/abc/info"] = as_json(info)
+        result = odm("download", "abc", str(blocker / "results"), "--url", server.url())
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(blocker) in result.stderr, result.stderr
