@@ -152,6 +152,14 @@ def test_metrics_ready_and_event_logs_after_known_activity(farm_factory: Any, tm
     assert "odm_farm_worker_scratch_free_bytes" not in names(found)
     assert value(found, "odm_farm_tasks_created_total") == 4, "counters outlive the processes"
 
+    # an object store that cannot be written is named too (a file where the storage folder was)
+    storage = Path(farm.env["ODM_FARM_STORAGE_DIR"])
+    storage.rename(storage.with_name("storage-away"))
+    storage.write_text("not a folder")
+    ready = requests.get(farm.url + "/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json()["failed"] == ["store", "workers"], ready.text
+    assert "not writable" in ready.json()["checks"]["store"]
+
 
 def test_the_node_token_opens_metrics_when_no_metrics_token_is_set(farm: Farm) -> None:
     assert scrape(farm, farm.token).status_code == 200
