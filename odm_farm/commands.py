@@ -89,7 +89,7 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _progress(transfer: bool = False) -> Any:
+def _progress(transfer: bool = False, console: Any = None) -> Any:
     """Bars on stderr; a transfer bar counts bytes (done / total, speed), a processing bar percents."""
     from rich.console import Console
     from rich.progress import (
@@ -105,7 +105,8 @@ def _progress(transfer: bool = False) -> Any:
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
     if transfer:
         columns += [DownloadColumn(), TransferSpeedColumn()]
-    return Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+    console = console or Console(stderr=True)
+    return Progress(*columns, TimeElapsedColumn(), console=console, transient=False)
 
 
 # --- submit ----------------------------------------------------------------------------------------------
