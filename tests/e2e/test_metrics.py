@@ -138,6 +138,7 @@ def test_metrics_ready_and_event_logs_after_known_activity(farm_factory: Any, tm
     assert stages[:2] == ["fetching inputs", "engine"] and stages[-1] == "storing results"
     hook = [e for e in worker_events if e["event"] == "webhook.failed"]
     assert len(hook) == 1 and hook[0]["uuid"] == failing and hook[0]["url"] == dead_hook
+    assert hook[0]["reason"] == "ConnectionError" and hook[0]["worker"] == "worker1", hook
 
     # no token in any line of any log
     for process in [*farm.apis, *farm.workers]:
