@@ -87,7 +87,7 @@ def _cli_upload(farm: Any, images: list[str], parallel: int) -> tuple[Any, int]:
 
     updates = 0
     bars = commands._progress(
-        transfer=True, console=Console(file=io.StringIO(), force_terminal=True, width=120)
+        in_bytes=True, console=Console(file=io.StringIO(), force_terminal=True, width=120)
     )
     with bars:
         bar = bars.add_task(f"Uploading {len(images)} files", total=None)

@@ -1,8 +1,9 @@
 """The NodeODM client behind `odm-farm submit/tasks/info/logs/...`: any NodeODM API (this farm, NodeODM, ClusterODM).
 
-PyODM does the HTTP work (chunked parallel uploads with retries, ranged downloads); `RemoteNode` only teaches it
-full base URLs (https on any port, a path prefix), which PyODM builds from host and port alone. Every failure
-leaves this module as a `ClientError` with a one-line message that never holds the token.
+PyODM does the API calls; `RemoteNode` teaches it full base URLs (https on any port, a path prefix, a token
+or basic-auth user in the URL), which PyODM builds from host and port alone, and refuses answers that are not
+JSON. Uploads and downloads, counted in bytes, are in odm_farm/transfer.py. Every failure leaves this module
+as a `ClientError` with a one-line message that never holds the token or a URL password.
 """
 
 from __future__ import annotations

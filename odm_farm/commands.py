@@ -89,7 +89,7 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _progress(transfer: bool = False, console: Any = None) -> Any:
+def _progress(in_bytes: bool = False, console: Any = None) -> Any:
     """Bars on stderr; a transfer bar counts bytes (done / total, speed), a processing bar percents."""
     from rich.console import Console
     from rich.progress import (
@@ -103,7 +103,7 @@ def _progress(transfer: bool = False, console: Any = None) -> Any:
     )
 
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
-    if transfer:
+    if in_bytes:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     console = console or Console(stderr=True)
     return Progress(*columns, TimeElapsedColumn(), console=console, transient=False)
@@ -120,7 +120,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with client.friendly_errors(node):
         options = client.check_options(client.parse_option_args(args.option), client.node_options(node))
         try:
-            with _progress(transfer=True) as bars:
+            with _progress(in_bytes=True) as bars:
                 bar = bars.add_task(f"Uploading {len(args.images)} files", total=None)
                 task = transfer.upload_task(
                     node,
@@ -187,7 +187,7 @@ def _download(task: Task, destination: Path) -> None:
     # the archive goes next to the results, under a temporary name, so a failed download leaves no all.zip
     with (
         tempfile.TemporaryDirectory(dir=destination, prefix=".download-") as scratch,
-        _progress(transfer=True) as bars,
+        _progress(in_bytes=True) as bars,
     ):
         bar = bars.add_task("Downloading all.zip", total=None)
         zip_path = transfer.download_zip(
