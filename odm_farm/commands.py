@@ -116,6 +116,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise ClientError(f"no such file: {', '.join(missing)}")
+    names: dict[str, Path] = {}
+    for path in args.images:
+        if path.name in names and names[path.name].resolve() != path.resolve():
+            raise ClientError(
+                f"{names[path.name]} and {path} have the same name: a node keeps one file per name"
+            )
+        names[path.name] = path
+    args.images = list({p.resolve(): p for p in args.images}.values())  # a file given twice is sent once
     node = _node(args)
     with client.friendly_errors(node):
         options = client.check_options(client.parse_option_args(args.option), client.node_options(node))

@@ -256,3 +256,14 @@ def test_a_destination_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
         result = odm("download", "abc", str(blocker / "results"), "--url", server.url())
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and str(blocker) in result.stderr, result.stderr
+
+
+def test_two_images_with_one_name_are_refused_before_any_request(tmp_path: Path) -> None:
+    first = make_images(tmp_path / "a", count=1)[0]
+    second = make_images(tmp_path / "b", count=1)[0]
+    with local_server() as server:
+        result = odm("submit", first, second, "--url", server.url())
+        assert (
+            result.returncode == 1 and "have the same name: a node keeps one file per name" in result.stderr
+        )
+        assert server.received == []
