@@ -28,8 +28,8 @@ def add_client_commands(sub: Any) -> None:
     group = common.add_argument_group("node")
     group.add_argument(
         "--url",
-        help=f"NodeODM API URL: this farm, NodeODM or ClusterODM (env {client.URL_VARIABLE}, "
-        f"default {client.DEFAULT_URL})",
+        help=f"NodeODM API URL: this farm, NodeODM or ClusterODM; host:port means http, a ?token= in it is the "
+        f"token (env {client.URL_VARIABLE}, default {client.DEFAULT_URL})",
     )
     group.add_argument("--token", help=f"the node's token (env {client.TOKEN_VARIABLE})")
     group.add_argument("--timeout", type=float, default=30, help="seconds per request (default 30)")
