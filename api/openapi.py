@@ -587,26 +587,20 @@ def _json_object(description: str, properties: dict[str, Any]) -> dict[str, Any]
 
 def _download_responses() -> dict[str, Any]:
     return {
-        "200": {
-            "description": "the whole file; or the NodeODM error form (not ready, invalid asset)",
-            "headers": DOWNLOAD_HEADERS,
-            "content": {
-                "application/zip": {"schema": BINARY},
-                "application/octet-stream": {"schema": BINARY},
-                JSON: {"schema": ref("Error")},
-            },
-        },
-        "206": {
-            "description": "the requested range",
-            "headers": DOWNLOAD_HEADERS,
-            "content": {
-                "application/zip": {"schema": BINARY},
-                "application/octet-stream": {"schema": BINARY},
-            },
-        },
+        "200": _file_response(
+            "the whole file; or the NodeODM error form (not ready, invalid asset)",
+            {JSON: {"schema": ref("Error")}},
+        ),
+        "206": _file_response("the requested range"),
         "302": {"description": "a presigned object-store URL (ODM_FARM_DOWNLOAD_REDIRECT)"},
         "416": {"description": "the range is outside the file"},
     }
+
+
+def _file_response(description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A download answer: an archive or any other file, with the download headers."""
+    content = {"application/zip": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}
+    return {"description": description, "headers": DOWNLOAD_HEADERS, "content": {**content, **(extra or {})}}
 
 
 # gunicorn refuses these before the app sees them (no client of the NodeODM API sends such requests)

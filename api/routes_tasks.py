@@ -74,6 +74,7 @@ def download(uuid: str, asset: str):
     if n.settings.download_redirect:
         url = n.store.presigned_url(key, filename=asset)
         if url:
+            metrics.count(n.tasks.r, "download_redirected_bytes", _asked(size))
             return redirect(url, code=302)
     headers = {
         "Accept-Ranges": "bytes",
@@ -92,6 +93,12 @@ def download(uuid: str, asset: str):
         return Response(status=status, headers=headers)
     body = _counted(n, n.store.iter_range(key, start, end))
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _asked(size: int) -> int:
+    """Bytes a request asks for: its range (as the store will answer it) or the whole file."""
+    span = request.range.range_for_length(size) if request.range is not None and size > 0 else None
+    return span[1] - span[0] if span else size
 
 
 def _counted(n: Node, chunks: Iterator[bytes]) -> Iterator[bytes]:

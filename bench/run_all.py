@@ -46,6 +46,7 @@ HEADLINES = {
     ],
     "upload_local": ["upload_mb_s", "api_rss_growth_mb"],
     "upload_s3": ["upload_mb_s", "api_rss_growth_mb"],
+    "upload_local_cli": ["upload_mb_s", "progress_updates"],
     "download": [
         "s3_streamed_mb_s",
         "s3_redirect_mb_s",
@@ -75,6 +76,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "api_latency": lambda: bench_api_latency.run(duration=3, sequential_count=500, warmup=1),
             "upload_local": lambda: bench_upload.run("local", 20, 2),
             "upload_s3": lambda: bench_upload.run("s3", 20, 5),
+            "upload_local_cli": lambda: bench_upload.run("local", 20, 2, 4, "odm-farm"),
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
@@ -84,6 +86,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "api_latency": lambda: bench_api_latency.run(),
         "upload_local": lambda: bench_upload.run("local", 100, 2),
         "upload_s3": lambda: bench_upload.run("s3", 200, 5),
+        "upload_local_cli": lambda: bench_upload.run("local", 100, 2, 4, "odm-farm"),
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),

@@ -457,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a local file: an image that cannot be read, a folder that cannot be written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"odm-farm {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _version() -> str:

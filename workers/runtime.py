@@ -388,12 +388,14 @@ class WorkerRuntime:
             metrics.count(self.tasks.r, "webhook_failures")
             self._webhook_event(entry, "webhook.failed", reason=str(exc), retry=False)
             return False
-        if send_webhook(entry["url"], entry["payload"], self.settings.blocked_networks, retries=1):
+        problems: list[str] = []
+        blocked = self.settings.blocked_networks
+        if send_webhook(entry["url"], entry["payload"], blocked, retries=1, on_failure=problems.append):
             outbox.delivered(self.tasks.r, member)
             self._webhook_event(entry, "webhook.sent")
             return True
         again = outbox.failed(self.tasks.r, member)
-        self._webhook_event(entry, "webhook.failed", retry=again)
+        self._webhook_event(entry, "webhook.failed", reason=problems[-1] if problems else None, retry=again)
         return False
 
     def _webhook_event(self, entry: dict[str, Any], name: str, **fields: Any) -> None:
