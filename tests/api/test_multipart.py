@@ -86,8 +86,8 @@ def test_same_parts_as_werkzeug_however_the_body_is_cut() -> None:
 def test_every_cut_of_a_small_body() -> None:
     boundary = b"b0und"
     body = (
-        b"--b0und\r\nContent-Disposition: form-data; name=\"options\"\r\n\r\n[]\r\n"
-        b"--b0und \r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n\r\n"
+        b'--b0und\r\nContent-Disposition: form-data; name="options"\r\n\r\n[]\r\n'
+        b'--b0und \r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\n'
         b"\r\n--b0un\r\n-\r\r\n\r\n--b0und--\r\n"
     )
     expected = [("options", None, b"[]"), ("images", "a.jpg", b"\r\n--b0un\r\n-\r\r\n")]
