@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import tempfile
 import threading
@@ -40,7 +41,7 @@ PART_SIZE = 8 * 1024 * 1024
 # An object up to PART_SIZE is one PUT; a bigger one a multipart upload with parts sent while it streams.
 PARTS_IN_FLIGHT = 3  # per object: parts being sent while the next one fills
 PART_THREADS = 8  # per store (process): threads sending parts
-UPLOAD_MEMORY = 16 * 1024 * 1024  # per process: upload bytes held in memory; past it, temp files
+UPLOAD_MEMORY = 8 * 1024 * 1024  # per process: upload bytes held in memory; past it, temp files
 SPOOL_MEMORY = 256 * 1024  # an object this small always waits in memory for its PUT
 MAX_PARTS = 10_000
 _DELETE_BATCH = 1000
@@ -118,49 +119,70 @@ _MEMORY = _MemoryBudget(UPLOAD_MEMORY)
 
 class _PartBuffer:
     """The bytes of one part (or of a whole small object): in memory while the process's budget allows,
-    then in a temporary file. An object up to SPOOL_MEMORY stays in memory whatever the budget."""
+    then in a temporary file. An object up to SPOOL_MEMORY stays in memory whatever the budget.
 
-    def __init__(self) -> None:
-        self.memory: bytearray | bytes | None = bytearray()
+    The memory is an anonymous mmap of the part's size: pages are only used as they are written, and
+    they go back to the system when the part is sent (a malloc'ed buffer of megabytes would stay in the
+    allocator's arenas, one per thread, and the API's memory would only grow)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.memory: mmap.mmap | None = mmap.mmap(-1, capacity)
         self.file: Any = None
+        self.path = ""  # the temporary file, once the part no longer fits in memory
         self.size = 0
         self.taken = 0  # bytes of the budget this buffer holds
 
     def add(self, data: memoryview) -> None:
         if self.memory is not None:
-            if self.size + len(data) <= SPOOL_MEMORY or _MEMORY.take(len(data)):
-                if self.size + len(data) > SPOOL_MEMORY:
+            end = self.size + len(data)
+            if end <= SPOOL_MEMORY or _MEMORY.take(len(data)):
+                if end > SPOOL_MEMORY:
                     self.taken += len(data)
-                self.memory += data
-                self.size += len(data)
+                self.memory.write(data)
+                self.size = end
                 return
             self._spill()
         self.file.write(data)
         self.size += len(data)
 
     def _spill(self) -> None:
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release()
-        self.file.write(self.memory)
-        self.memory = None
-        self._give_back()
+        assert self.memory is not None
+        fd, self.path = tempfile.mkstemp(prefix="odm-farm-upload-")
+        self.file = os.fdopen(fd, "w+b")
+        self.file.write(memoryview(self.memory)[: self.size])
+        self._drop_memory()
+
+    def close_file(self) -> None:
+        """No more bytes: close the temporary file (it is opened again to be sent)."""
+        if self.file is not None:
+            self.file.close()
 
     def body(self) -> Any:
-        """What boto3 sends: the bytes, or the temporary file from its start."""
+        """What boto3 sends: a file-like object from the start of the part's bytes."""
         if self.memory is not None:
-            # bytes, not the bytearray: botocore sends either, but not every S3 implementation reads both
-            self.memory = bytes(self.memory)  # type: ignore[assignment]
-            return self.memory
+            if self.size:
+                self.memory.resize(self.size)  # its end is the part's end (an mmap cannot be 0 bytes)
+            self.memory.seek(0)
+            return self.memory if self.size else b""
+        if self.file.closed:
+            self.file = open(self.path, "rb")  # noqa: SIM115 - closed by release()
         self.file.flush()
         self.file.seek(0)
         return self.file
 
     def release(self) -> None:
-        self.memory = None
+        self._drop_memory()
         if self.file is not None:
             self.file.close()
-        self._give_back()
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = ""
 
-    def _give_back(self) -> None:
+    def _drop_memory(self) -> None:
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
         if self.taken:
             _MEMORY.give(self.taken)
             self.taken = 0
@@ -176,7 +198,7 @@ class _S3Writer(ObjectWriter):
         self._store = store
         self._key = key
         self._full = store._full(key)
-        self._buffer = _PartBuffer()
+        self._buffer = _PartBuffer(PART_SIZE)
         self._upload_id: str | None = None
         self._sending: list[tuple[int, Future[str], _PartBuffer]] = []  # parts in flight, oldest first
         self._parts: list[dict[str, Any]] = []
@@ -217,9 +239,10 @@ class _S3Writer(ObjectWriter):
         number = len(self._parts) + len(self._sending) + 1
         if number > MAX_PARTS:
             raise StorageError(f"object {self._key!r} is too large for one S3 upload")
-        buffer, self._buffer = self._buffer, _PartBuffer()
+        buffer = self._buffer
         future = store._pool().submit(self._upload_part, self._upload_id, number, buffer)
         self._sending.append((number, future, buffer))
+        self._buffer = _PartBuffer(self._part_size())
         while len(self._sending) >= PARTS_IN_FLIGHT:
             self._wait_oldest()
 
@@ -245,12 +268,13 @@ class _S3Writer(ObjectWriter):
         self._parts.append({"PartNumber": number, "ETag": etag})
 
     def finish(self) -> None:
-        """Send what is left: a small object waits in memory for its PUT at commit, unless it had to go
-        to a temporary file: then it is sent now, as a one-part upload, so that no file stays open."""
+        """Send what is left of a multipart upload. An object up to PART_SIZE waits for its PUT at commit,
+        in memory or in its closed temporary file: a request of many parts holds no open file per part."""
         if self._closed or self._finished:
             return
         try:
-            if self._upload_id is not None or self._buffer.file is not None:
+            self._buffer.close_file()
+            if self._upload_id is not None and (self._buffer.size or not (self._parts or self._sending)):
                 self._send_part()
                 while self._sending:
                     self._wait_oldest()
@@ -264,7 +288,7 @@ class _S3Writer(ObjectWriter):
             raise ValueError("commit of a finished object writer")
         store = self._store
         try:
-            if self._upload_id is None and self._buffer.file is None:
+            if self._upload_id is None:
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.put_object(
                         Bucket=store.bucket,
