@@ -216,11 +216,11 @@ class _S3Writer(ObjectWriter):
         view = memoryview(data)
         try:
             while view:
+                if self._buffer.size >= self._part_size():
+                    self._send_part()  # only when more follows: an object of exactly PART_SIZE is one PUT
                 room = self._part_size() - self._buffer.size
                 self._buffer.add(view[:room])
                 view = view[room:]
-                if self._buffer.size >= self._part_size():
-                    self._send_part()
         except BaseException:
             self.abort()
             raise
@@ -276,8 +276,8 @@ class _S3Writer(ObjectWriter):
             self._buffer.close_file()
             if self._upload_id is not None and (self._buffer.size or not (self._parts or self._sending)):
                 self._send_part()
-                while self._sending:
-                    self._wait_oldest()
+            while self._sending:
+                self._wait_oldest()
         except BaseException:
             self.abort()
             raise
