@@ -57,7 +57,7 @@ class ObjectWriter(abc.ABC):
     """
 
     @abc.abstractmethod
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: bytes | memoryview) -> int: ...
 
     def finish(self) -> None:  # noqa: B027 - a no-op for writers that hold nothing open
         """No more writes; release open files. commit() or abort() still follows."""

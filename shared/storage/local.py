@@ -39,7 +39,7 @@ class _LocalWriter(ObjectWriter):
         self._finished = False  # the temp file is complete and closed
         self._closed = False  # committed or aborted
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self._finished or self._closed:
             raise ValueError("write to a finished object writer")
         self._file.write(data)
