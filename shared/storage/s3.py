@@ -115,6 +115,7 @@ class _MemoryBudget:
 
 
 _MEMORY = _MemoryBudget(UPLOAD_MEMORY)
+_PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # private: it can grow (a shared one cannot)
 
 
 class _PartBuffer:
@@ -126,7 +127,9 @@ class _PartBuffer:
     allocator's arenas, one per thread, and the API's memory would only grow)."""
 
     def __init__(self, capacity: int) -> None:
-        self.memory: mmap.mmap | None = mmap.mmap(-1, capacity)
+        self.capacity = capacity
+        # mapped small, grown as bytes come: many small parts reserve little address space
+        self.memory: mmap.mmap | None = mmap.mmap(-1, min(capacity, SPOOL_MEMORY), flags=_PRIVATE)
         self.file: Any = None
         self.path = ""  # the temporary file, once the part no longer fits in memory
         self.size = 0
@@ -138,6 +141,8 @@ class _PartBuffer:
             if end <= SPOOL_MEMORY or _MEMORY.take(len(data)):
                 if end > SPOOL_MEMORY:
                     self.taken += len(data)
+                if end > len(self.memory):
+                    self.memory.resize(min(self.capacity, max(end, 2 * len(self.memory))))
                 self.memory.write(data)
                 self.size = end
                 return
