@@ -44,8 +44,9 @@ HEADLINES = {
         "task_info_c32_p99_ms",
         "task_info_c32_requests_per_s",
     ],
-    "upload_local": ["upload_mb_s", "api_rss_growth_mb"],
-    "upload_s3": ["upload_mb_s", "api_rss_growth_mb"],
+    "upload_local": ["upload_mb_s", "upload_best_mb_s", "upload_api_cpu_s"],
+    "upload_s3": ["upload_mb_s", "s3_alone_mb_s", "farm_of_s3_alone_pct", "upload_api_cpu_s"],
+    "upload_s3_200x5": ["upload_mb_s", "api_rss_growth_mb"],
     "upload_local_cli": ["upload_mb_s", "progress_updates"],
     "download": [
         "s3_streamed_mb_s",
@@ -74,9 +75,10 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
     if quick:
         return {
             "api_latency": lambda: bench_api_latency.run(duration=3, sequential_count=500, warmup=1),
-            "upload_local": lambda: bench_upload.run("local", 20, 2),
-            "upload_s3": lambda: bench_upload.run("s3", 20, 5),
-            "upload_local_cli": lambda: bench_upload.run("local", 20, 2, 4, "odm-farm"),
+            "upload_local": lambda: bench_upload.run("local", 20, 2, repeat=1),
+            "upload_s3": lambda: bench_upload.run("s3", 20, 2, repeat=1),
+            "upload_s3_200x5": lambda: bench_upload.run("s3", 20, 5, repeat=1),
+            "upload_local_cli": lambda: bench_upload.run("local", 20, 2, 4, repeat=1, client="odm-farm"),
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
@@ -85,8 +87,9 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
     return {
         "api_latency": lambda: bench_api_latency.run(),
         "upload_local": lambda: bench_upload.run("local", 100, 2),
-        "upload_s3": lambda: bench_upload.run("s3", 200, 5),
-        "upload_local_cli": lambda: bench_upload.run("local", 100, 2, 4, "odm-farm"),
+        "upload_s3": lambda: bench_upload.run("s3", 100, 2),
+        "upload_s3_200x5": lambda: bench_upload.run("s3", 200, 5, repeat=1),
+        "upload_local_cli": lambda: bench_upload.run("local", 100, 2, 4, repeat=1, client="odm-farm"),
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),

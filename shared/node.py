@@ -206,6 +206,8 @@ class Node:
             # the claim enforces the limit (workers/pipeline.py); here the task only reports that it waits
             base = decide
             decide = lambda active: (base(active)[0], TaskStatus.QUEUED)  # noqa: E731
+        # durable before the task exists: a committed task's inputs survive a power loss
+        self.store.make_durable(inputs_prefix(uuid))
         record = self.tasks.commit_session(uuid, decide, run_id, {"enqueuedAt": now_ms()})
         metrics.count(self.tasks.r, "tasks_created")
         event(
