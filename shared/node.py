@@ -8,6 +8,7 @@ import threading
 import uuid as uuidlib
 from typing import Any
 
+import orjson
 from celery import Celery
 
 from shared import metrics, outbox
@@ -20,6 +21,7 @@ from shared.queue import PROCESS_TASK, QUEUE_CPU, decide_for
 from shared.safety import UnsafeInput, normalize_outputs, safe_filename
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.tasks import INFO_FIELDS, task_info_json
 from shared.taskstore import Decide, Keys, TaskStore, count_images, is_image_name, new_run_id, now_ms
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,33 @@ class Node:
             return self.tasks.list_uuids()
         return self.tasks.list_owned(caller.user or "")
 
+    def list_json(self, caller: Caller = NODE, offset: int = 0, limit: int | None = None) -> bytes:
+        """/task/list: [{"uuid": ...}] in creation order, a page of it with `limit`; read from the index
+        (every task for the node and admins, the user's own otherwise), never by scanning records."""
+        owner = None if caller.admin else (caller.user or "")
+        return orjson.dumps([{"uuid": uuid} for uuid in self.tasks.list_page(owner, offset, limit)])
+
+    # --- the polled reads: one Redis round trip each --------------------------------------
+    def info_json(self, uuid: str, caller: Caller = NODE, with_output: int | None = None) -> bytes:
+        """/task/{uuid}/info as JSON, with the console from line `with_output` when given."""
+        record, output = self._view(uuid, caller, _INFO_READ, with_output)
+        return task_info_json(record, output)
+
+    def console(self, uuid: str, caller: Caller = NODE, start: int = 0) -> list[str]:
+        """/task/{uuid}/output: the console from line `start` (Python-slice style)."""
+        return self._view(uuid, caller, ("uuid", "owner"), start)[1] or []
+
+    def _view(
+        self, uuid: str, caller: Caller, fields: tuple[str, ...], console_from: int | None
+    ) -> tuple[dict[str, str], list[str] | None]:
+        if not _looks_like_uuid(uuid):
+            raise TaskNotFound(uuid)
+        values, lines = self.tasks.view(uuid, fields, console_from)
+        record = {k: v for k, v in values.items() if v is not None}
+        if "uuid" not in record or not caller.sees(record.get("owner")):
+            raise TaskNotFound(uuid)  # another user's task answers exactly like an unknown one
+        return record, lines
+
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
 
@@ -319,6 +348,9 @@ class Node:
         # every earlier run's results go: the new run writes under its own run id
         self.store.delete_prefix(results_prefix(uuid))
         self._enqueue(uuid, run_id, self.tasks.field(uuid, "queue") or QUEUE_CPU)
+
+
+_INFO_READ = ("owner", *INFO_FIELDS)
 
 
 def wake_deferred(tasks: TaskStore, celery: Celery, owner: str) -> int:
