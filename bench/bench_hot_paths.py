@@ -19,6 +19,7 @@ import shutil
 import uuid as uuidlib
 from typing import Any
 
+import psutil
 import redis
 import requests
 from bench_api_latency import wrk_load
@@ -46,6 +47,18 @@ def seed_tasks(r: redis.Redis, template: dict[str, str], count: int, batch: int 
             made.append(uuid)
         pipe.execute()
     return made
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (the gunicorn master and its workers)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def add_console(r: redis.Redis, uuid: str, lines: int) -> None:
@@ -78,15 +91,20 @@ def run(
 
     def measure(name: str, url: str) -> None:
         wrk_load(url, connections, warmup)
+        pids = farm.api_pids()
+        before = cpu_seconds(pids)
         figures = wrk_load(url, connections, duration)
         for key in ("requests_per_s", "p50_ms", "p99_ms"):
             metrics[f"{name}_{key}"] = figures[key]
+        # the API's own CPU per request: steadier than requests/s on a machine others load too
+        metrics[f"{name}_api_cpu_us"] = (cpu_seconds(pids) - before) / max(1, figures["requests"]) * 1e6
         load = round(os.getloadavg()[0], 2)
         metrics[f"{name}_load1"] = load
         loads.append(f"{name}: {load}")
         print(
             f"   {name:32} {figures['requests_per_s']:9.0f} req/s  p50 {figures['p50_ms']:7.2f} ms  "
-            f"p99 {figures['p99_ms']:7.2f} ms  load {load}",
+            f"p99 {figures['p99_ms']:7.2f} ms  API CPU {metrics[f'{name}_api_cpu_us']:7.0f} us/req  "
+            f"load {load}",
             flush=True,
         )
 
@@ -132,6 +150,7 @@ def run(
         },
         notes=[
             "1-minute load average after each run: " + ", ".join(loads),
+            "*_api_cpu_us: CPU time of the API processes (gunicorn master and workers) per request",
             f"list_N_page{PAGE}: /task/list?offset=N/2&limit={PAGE} (a farm without paging answers every task)",
             f"console1000_*: a task with a {CONSOLE_LINES}-line console; output990 = the last 10 lines",
         ],
