@@ -210,6 +210,15 @@ if ARGV[1] == '' then return {record} end
 return {record, redis.call('LRANGE', KEYS[2], ARGV[1], -1)}
 """
 
+# KEYS: a task index (zset), seq ; ARGV: the version the caller holds. The index's version (creations so far,
+# members now: a creation raises the first, a removal lowers the second, so no change keeps both) and, unless
+# it is the caller's, every uuid: {version} or {version, uuids}.
+_LIST_IF_CHANGED = """
+local version = (redis.call('GET', KEYS[2]) or '0') .. ':' .. redis.call('ZCARD', KEYS[1])
+if version == ARGV[1] then return {version} end
+return {version, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -239,6 +248,7 @@ class TaskStore:
         self._take = client.register_script(_TAKE_LEASE)
         self._claim_limited = client.register_script(_CLAIM_LIMITED)
         self._view = client.register_script(_VIEW)
+        self._list_if_changed = client.register_script(_LIST_IF_CHANGED)
 
     @classmethod
     def from_url(cls, url: str, hold_seconds: float = HOLD_SECONDS) -> TaskStore:
@@ -406,6 +416,12 @@ class TaskStore:
         if limit is not None and limit <= 0:
             return []
         return list(self.r.zrange(key, offset, -1 if limit is None else offset + limit - 1))
+
+    def list_if_changed(self, owner: str | None, version: str) -> tuple[str, list[str] | None]:
+        """The index's version and, unless it is still `version`, every uuid of it (as list_page)."""
+        key = Keys.tasks if owner is None else Keys.user_tasks(owner)
+        reply = self._list_if_changed(keys=[key, Keys.seq], args=[version])
+        return str(reply[0]), (list(reply[1]) if len(reply) > 1 else None)
 
     def view(
         self, uuid: str, fields: Sequence[str], console_from: int | None = None

@@ -341,3 +341,37 @@ def test_a_revoked_token_is_refused_at_once(accounts_api: Any) -> None:
     assert (
         fast.get_json() == {"error": "Invalid authentication token: token does not match."} and not answered
     )
+
+
+def test_whole_list_cache_follows_every_creation_and_removal(
+    api: Api, store: TaskStore, tasks: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole /task/list is kept while its index is unchanged; any creation or removal renews it."""
+    import shared.node
+
+    built: list[int] = []
+    body = shared.node._list_body
+
+    def counted(uuids: list[str]) -> bytes:
+        built.append(len(uuids))
+        return body(uuids)
+
+    monkeypatch.setattr(shared.node, "LIST_CACHE_MIN", 0)  # cache every list, short ones too
+    monkeypatch.setattr(shared.node, "_list_body", counted)
+
+    def listed() -> list[str]:
+        return [row["uuid"] for row in api.get(f"/task/list?token={TOKEN}").get_json()]
+
+    first = listed()
+    assert first == store.list_uuids() and built == [len(first)]
+    assert listed() == first and len(built) == 1, "unchanged: answered from the cache"
+    added = make_task(store)[0]
+    assert listed() == [*first, added]
+    assert store.delete(first[-1])
+    assert listed() == [*first[:-1], added]
+    assert store.delete(added)
+    again = make_task(store)[0]  # a removal then a creation: same count, new sequence
+    assert listed() == [*first[:-1], again]
+    assert len(built) == 4
+    page = api.get(f"/task/list?token={TOKEN}&limit=2").get_json()
+    assert [row["uuid"] for row in page] == first[:2], "pages are read from the index, never the cache"
