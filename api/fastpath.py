@@ -50,11 +50,11 @@ class FastReads:
                     "200 OK",
                     [
                         ("Content-Type", "application/json"),
-                        ("Content-Length", str(len(body))),
+                        ("Content-Length", str(len(body) + 1)),
                         ("Access-Control-Allow-Origin", "*"),
                     ],
                 )
-                return [body]
+                return [body, b"\n"]  # jsonify's final newline, without copying a long body to add it
         return self.app(environ, start_response)
 
     def answer(self, environ: dict[str, Any]) -> bytes | None:
@@ -79,7 +79,7 @@ class FastReads:
             body = orjson.dumps(self.node.console(parts[2], caller, int_arg(args, "line")))
         else:
             body = self.node.list_json(caller, *list_page(args))
-        return body + b"\n"
+        return body
 
     def caller(self, args: dict[str, str], environ: dict[str, Any]) -> Caller | None:
         if not self.settings.token:

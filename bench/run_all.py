@@ -25,6 +25,7 @@ import bench_api_latency
 import bench_commit_to_complete
 import bench_download
 import bench_faults
+import bench_hot_paths
 import bench_upload
 from harness import RESULTS, ROOT, fmt, machine, print_result
 
@@ -42,6 +43,18 @@ HEADLINES = {
         "task_info_c32_p50_ms",
         "task_info_c32_p99_ms",
         "task_info_c32_requests_per_s",
+    ],
+    "hot_paths": [
+        "info_requests_per_s",
+        "task_info_requests_per_s",
+        "task_info_p99_ms",
+        "task_info_api_cpu_us",
+        "console1000_info_output990_requests_per_s",
+        "console1000_output990_requests_per_s",
+        "list_1_requests_per_s",
+        "list_1000_page100_requests_per_s",
+        "list_100000_page100_requests_per_s",
+        "list_100000_requests_per_s",
     ],
     "upload_local": ["upload_mb_s", "api_rss_growth_mb"],
     "upload_s3": ["upload_mb_s", "api_rss_growth_mb"],
@@ -71,6 +84,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
     if quick:
         return {
             "api_latency": lambda: bench_api_latency.run(duration=3, sequential_count=500, warmup=1),
+            "hot_paths": lambda: bench_hot_paths.run(duration=3, tasks=10_000),
             "upload_local": lambda: bench_upload.run("local", 20, 2),
             "upload_s3": lambda: bench_upload.run("s3", 20, 5),
             "download": lambda: bench_download.run(100, "both"),
@@ -79,6 +93,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
+        "hot_paths": lambda: bench_hot_paths.run(),
         "upload_local": lambda: bench_upload.run("local", 100, 2),
         "upload_s3": lambda: bench_upload.run("s3", 200, 5),
         "download": lambda: bench_download.run(500, "both"),
