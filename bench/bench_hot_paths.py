@@ -14,16 +14,18 @@ Every figure is wrk's requests/s, p50 and p99 over `--duration` seconds (after a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import uuid as uuidlib
+from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 import requests
 from bench_api_latency import wrk_load
-from harness import BenchError, make_images, print_result, result, running_farm
+from harness import RESULTS, BenchError, make_images, print_result, result, running_farm
 
 NS = "odmfarm"
 CONSOLE_LINES = 1000
@@ -167,8 +169,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per route")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks for the largest /task/list")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "hot_paths.json", help="where to write the figures (JSON)"
+    )
     args = parser.parse_args()
-    print_result(run(args.connections, args.duration, args.warmup, args.tasks))
+    res = run(args.connections, args.duration, args.warmup, args.tasks)
+    print_result(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    print(f"written: {args.out}")
 
 
 if __name__ == "__main__":
