@@ -29,13 +29,22 @@ def task_list():
 
 @bp.get("/task/<uuid>/info")
 def info(uuid: str):
-    start = int_arg(request.args, "with_output") if "with_output" in request.args else None
+    start = _task_arg(uuid, "with_output") if "with_output" in request.args else None
     return json_response(node().info_json(uuid, caller(), start))
 
 
 @bp.get("/task/<uuid>/output")
 def output(uuid: str):
-    return json_response(orjson.dumps(node().console(uuid, caller(), int_arg(request.args, "line"))))
+    return json_response(orjson.dumps(node().console(uuid, caller(), _task_arg(uuid, "line"))))
+
+
+def _task_arg(uuid: str, name: str) -> int:
+    """A task route's number argument; an unknown task is answered "not found" before a bad argument."""
+    try:
+        return int_arg(request.args, name)
+    except InvalidRequest:
+        node().console(uuid, caller(), -1)  # raises TaskNotFound for a task this caller cannot see
+        raise
 
 
 def json_response(body: bytes) -> Response:

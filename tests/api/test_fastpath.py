@@ -375,3 +375,10 @@ def test_whole_list_cache_follows_every_creation_and_removal(
     assert len(built) == 4
     page = api.get(f"/task/list?token={TOKEN}&limit=2").get_json()
     assert [row["uuid"] for row in page] == first[:2], "pages are read from the index, never the cache"
+
+
+@pytest.mark.parametrize("route, arg", [("info", "with_output"), ("output", "line")])
+def test_an_unknown_task_is_not_found_before_a_bad_argument(api: Api, route: str, arg: str) -> None:
+    unknown = "3f1b8a52-6f0e-4c4b-9a57-2d1d8b1f7c11"
+    body = api.get(f"/task/{unknown}/{route}?token={TOKEN}&{arg}=abc").get_json()
+    assert body == {"error": f"{unknown} not found"}
