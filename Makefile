@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test test-fast lint format typecheck bench clean
+.PHONY: install up test test-fast lint format typecheck bench bench-tools clean
 
 # the farm itself (make up) needs only the runtime; the tests add PyODM, SeaweedFS, compose, linters
 $(BIN)/.installed: pyproject.toml
@@ -43,7 +43,11 @@ format: install
 typecheck: install
 	$(BIN)/mypy api workers shared odm_farm
 
-bench: install
+# wrk, the load generator of the benchmarks (C, not the bottleneck): a Debian package, installed once
+bench-tools:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+bench: install bench-tools
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -360,7 +360,23 @@ def _paths() -> dict[str, Any]:
         },
         "/task/list": {
             "get": {
-                "summary": "Every task, in creation order",
+                "summary": "Every task, in creation order (a page of them with limit)",
+                "parameters": [
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "description": "skip this many tasks (ODM Farm extension; default 0)",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "at most this many tasks (ODM Farm extension; default: every task)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    },
+                ],
                 "responses": json_200(
                     "the tasks",
                     {

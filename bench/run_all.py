@@ -25,6 +25,7 @@ import bench_api_latency
 import bench_commit_to_complete
 import bench_download
 import bench_faults
+import bench_hot_paths
 import bench_upload
 import bench_webapp
 from harness import RESULTS, ROOT, fmt, machine, print_result
@@ -43,6 +44,18 @@ HEADLINES = {
         "task_info_c32_p50_ms",
         "task_info_c32_p99_ms",
         "task_info_c32_requests_per_s",
+    ],
+    "hot_paths": [
+        "info_requests_per_s",
+        "task_info_requests_per_s",
+        "task_info_p99_ms",
+        "task_info_api_cpu_us",
+        "console1000_info_output990_requests_per_s",
+        "console1000_output990_requests_per_s",
+        "list_1_requests_per_s",
+        "list_1000_page100_requests_per_s",
+        "list_100000_page100_requests_per_s",
+        "list_100000_requests_per_s",
     ],
     "upload_local": ["upload_mb_s", "upload_best_mb_s", "upload_api_cpu_s"],
     "upload_s3": ["upload_mb_s", "s3_alone_mb_s", "farm_of_s3_alone_pct", "upload_api_cpu_s"],
@@ -75,6 +88,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
     if quick:
         return {
             "api_latency": lambda: bench_api_latency.run(duration=3, sequential_count=500, warmup=1),
+            "hot_paths": lambda: bench_hot_paths.run(duration=3, tasks=10_000),
             "upload_local": lambda: bench_upload.run("local", 20, 2, repeat=1),
             "upload_s3": lambda: bench_upload.run("s3", 20, 2, repeat=1),
             "upload_s3_200x5": lambda: bench_upload.run("s3", 20, 5, repeat=1),
@@ -86,6 +100,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
+        "hot_paths": lambda: bench_hot_paths.run(),
         "upload_local": lambda: bench_upload.run("local", 100, 2),
         "upload_s3": lambda: bench_upload.run("s3", 100, 2),
         "upload_s3_200x5": lambda: bench_upload.run("s3", 200, 5, repeat=1),
