@@ -85,7 +85,10 @@ def plan(
         return Plan(
             None, "the options ask to rerun everything" if values.get("rerun-all") else "--rerun is set"
         )
-    candidates = [(next_stage(saved_stage) or STAGES[-1], f"checkpoint after stage {saved_stage}")]
+    following = next_stage(saved_stage)
+    candidates = [
+        (following, f"the stage after {saved_stage}") if following else (STAGES[-1], "the last stage again")
+    ]
     changed = changed_options(saved_options, options)
     affected = earliest_stage(changed, table)
     if affected is not None:

@@ -8,6 +8,7 @@ task deletes its checkpoints.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ def farm(module_farms: Any) -> Farm:
     return module_farms(simulate_seconds=8)
 
 
+@pytest.fixture(scope="module")
+def quick(module_farms: Any) -> Farm:
+    """One worker and short runs, for restarts."""
+    return module_farms(workers=("q1",), simulate_seconds=2)
+
+
 def console(farm: Farm, uuid: str) -> list[str]:
     return list(farm.get(f"/task/{uuid}/output").json())
 
@@ -43,14 +50,14 @@ def checkpoint_keys(farm: Farm, uuid: str) -> list[Path]:
 
 
 def wait_line(farm: Farm, uuid: str, text: str, timeout: float = 30) -> None:
-    wait_until(lambda: any(text in line for line in console(farm, uuid)), timeout, f"no console line {text!r}")
+    wait_until(
+        lambda: any(text in line for line in console(farm, uuid)), timeout, f"no console line {text!r}"
+    )
 
 
 def restart(farm: Farm, uuid: str, options: list[dict[str, Any]] | None = None) -> None:
     data: dict[str, Any] = {"uuid": uuid}
     if options is not None:
-        import json
-
         data["options"] = json.dumps(options)
     assert farm.post("/task/restart", data=data).json() == {"success": True}
 
@@ -69,7 +76,9 @@ def test_a_worker_killed_in_a_late_stage_resumes_on_the_other(farm: Farm, tmp_pa
     assert info["status"]["code"] == 40, lines[-20:]
     resumed = after(lines, "started processing (attempt 2)")
     resume_line = next(line for line in resumed if RESUMED in line)
-    assert "after stage odm_georeferencing" in resume_line or "after stage odm_dem" in resume_line, resume_line
+    assert "after stage odm_georeferencing" in resume_line or "after stage odm_dem" in resume_line, (
+        resume_line
+    )
     assert "saved at" in resume_line
     # the earlier stages are not computed again: the stand-in finds their outputs and skips them
     assert not any(COMPUTED_OPENSFM in line for line in resumed), resumed
@@ -88,20 +97,21 @@ def _completed(farm: Farm, tmp_path: Path, options: dict[str, Any] | None = None
     return str(task.uuid)
 
 
-def test_restart_without_changed_options_resumes(farm: Farm, tmp_path: Path) -> None:
-    uuid = _completed(farm, tmp_path)
-    restart(farm, uuid)
-    assert wait_status(farm, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
-    lines = console(farm, uuid)
+def test_restart_without_changed_options_resumes(quick: Farm, tmp_path: Path) -> None:
+    uuid = _completed(quick, tmp_path)
+    restart(quick, uuid)
+    assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
+    lines = console(quick, uuid)
+    print("\n".join(lines))
     assert any(RESUMED in line for line in lines), lines[:10]
     assert not any(COMPUTED_OPENSFM in line for line in lines)
 
 
-def test_restart_with_changed_options_reruns_from_the_stage_they_affect(farm: Farm, tmp_path: Path) -> None:
-    uuid = _completed(farm, tmp_path)
-    restart(farm, uuid, [{"name": "dsm", "value": True}, {"name": "mesh-size", "value": 5000}])
-    assert wait_status(farm, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
-    lines = console(farm, uuid)
+def test_restart_with_changed_options_reruns_from_the_stage_they_affect(quick: Farm, tmp_path: Path) -> None:
+    uuid = _completed(quick, tmp_path)
+    restart(quick, uuid, [{"name": "dsm", "value": True}, {"name": "mesh-size", "value": 5000}])
+    assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
+    lines = console(quick, uuid)
     line = next(line for line in lines if RESUMED in line)
     assert "rerunning from stage odm_meshing" in line and "mesh-size" in line, line
     tail = after(lines, RESUMED)
@@ -110,39 +120,41 @@ def test_restart_with_changed_options_reruns_from_the_stage_they_affect(farm: Fa
     assert any("Found existing odm_filterpoints" in x for x in tail)
 
     # options that change the first stage: nothing of the checkpoint applies
-    restart(farm, uuid, [{"name": "dsm", "value": True}, {"name": "camera-lens", "value": "brown"}])
-    assert wait_status(farm, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
-    lines = console(farm, uuid)
+    restart(quick, uuid, [{"name": "dsm", "value": True}, {"name": "camera-lens", "value": "brown"}])
+    assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
+    lines = console(quick, uuid)
     assert not any(RESUMED in x for x in lines)
-    assert any("does not apply" in x and "camera-lens" in x and "starting over" in x for x in lines), lines[:6]
+    assert any("does not apply" in x and "camera-lens" in x and "starting over" in x for x in lines), lines[
+        :6
+    ]
     assert any(COMPUTED_OPENSFM in x for x in lines)
 
 
-def test_a_corrupted_checkpoint_starts_over_and_says_why(farm: Farm, tmp_path: Path) -> None:
-    uuid = _completed(farm, tmp_path)
-    blob_files = [p for p in checkpoint_keys(farm, uuid) if p.parent.name == "blobs"]
+def test_a_corrupted_checkpoint_starts_over_and_says_why(quick: Farm, tmp_path: Path) -> None:
+    uuid = _completed(quick, tmp_path)
+    blob_files = [p for p in checkpoint_keys(quick, uuid) if p.parent.name == "blobs"]
     assert blob_files
     for path in blob_files:
         path.write_bytes(b"garbage" + path.read_bytes()[7:])
-    restart(farm, uuid)
-    info = wait_status(farm, uuid, (30, 40, 50), timeout=60)
-    lines = console(farm, uuid)
+    restart(quick, uuid)
+    info = wait_status(quick, uuid, (30, 40, 50), timeout=60)
+    lines = console(quick, uuid)
     assert info["status"]["code"] == 40, lines[-10:]
     assert any("cannot be used" in x and "starting over" in x for x in lines), lines[:6]
     assert not any(RESUMED in x for x in lines)
     assert any(COMPUTED_OPENSFM in x for x in lines)
     # the run saved fresh checkpoints in place of the broken one
-    restart(farm, uuid)
-    assert wait_status(farm, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
-    assert any(RESUMED in x for x in console(farm, uuid))
+    restart(quick, uuid)
+    assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
+    assert any(RESUMED in x for x in console(quick, uuid))
 
 
-def test_remove_deletes_the_checkpoints(farm: Farm, tmp_path: Path) -> None:
-    uuid = _completed(farm, tmp_path)
-    assert checkpoint_keys(farm, uuid)
-    assert farm.post("/task/remove", data={"uuid": uuid}).json() == {"success": True}
-    assert checkpoint_keys(farm, uuid) == []
-    assert not (storage_dir(farm) / uuid).exists()
+def test_remove_deletes_the_checkpoints(quick: Farm, tmp_path: Path) -> None:
+    uuid = _completed(quick, tmp_path)
+    assert checkpoint_keys(quick, uuid)
+    assert quick.post("/task/remove", data={"uuid": uuid}).json() == {"success": True}
+    assert checkpoint_keys(quick, uuid) == []
+    assert not (storage_dir(quick) / uuid).exists()
 
 
 def test_on_s3_a_restart_resumes_and_remove_leaves_nothing(

@@ -16,7 +16,7 @@ import pytest
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
 from workers import checkpoints, resume
-from workers.checkpoints import BLOBS, MANIFEST, CheckpointError, Checkpointer, Manifest, checkpoint_prefix
+from workers.checkpoints import BLOBS, MANIFEST, Checkpointer, CheckpointError, Manifest, checkpoint_prefix
 
 UUID = "0b7c8c1e-6a1f-4c3e-9a55-1d2f3e4a5b6c"
 
@@ -116,7 +116,9 @@ def test_restore_round_trips_files_modes_mtimes_and_links(store: ObjectStore, tm
 def test_a_damaged_blob_fails_the_restore_and_leaves_nothing_behind(
     store: ObjectStore, tmp_path: Path, damage: str
 ) -> None:
-    project = project_with(tmp_path / "a", {"images.json": b"[1]", "opensfm/reconstruction.json": b"{" * 5000})
+    project = project_with(
+        tmp_path / "a", {"images.json": b"[1]", "opensfm/reconstruction.json": b"{" * 5000}
+    )
     saved = checkpoints.save(store, base("opensfm"), project)
     assert saved is not None
     key = checkpoint_prefix(UUID) + saved.manifest.files["opensfm/reconstruction.json"].key
@@ -147,7 +149,13 @@ def test_a_damaged_blob_fails_the_restore_and_leaves_nothing_behind(
                 "engine": "simulate",
                 "options": [],
                 "files": {
-                    "../../etc/passwd": {"key": "blobs/x", "size": 1, "mtime_ns": 1, "sha256": "", "mode": 420}
+                    "../../etc/passwd": {
+                        "key": "blobs/x",
+                        "size": 1,
+                        "mtime_ns": 1,
+                        "sha256": "",
+                        "mode": 420,
+                    }
                 },
             }
         ).encode(),
@@ -284,7 +292,10 @@ def test_the_bundled_table_names_real_stages_and_covers_the_catalog() -> None:
     catalog = json.loads((Path(resume.__file__).parents[1] / "shared/data/odm-options.json").read_text())
     assert {o["name"] for o in catalog} <= set(TABLE)
     assert {stage for stage in TABLE.values() if stage} <= set(resume.STAGES)
-    assert resume.STAGES[:4] == ("dataset", "split", "merge", "opensfm") and resume.STAGES[-1] == "odm_postprocess"
+    assert (
+        resume.STAGES[:4] == ("dataset", "split", "merge", "opensfm")
+        and resume.STAGES[-1] == "odm_postprocess"
+    )
 
 
 @pytest.mark.parametrize(
