@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_api_latency
+import bench_checkpoints
 import bench_commit_to_complete
 import bench_download
 import bench_faults
@@ -64,6 +65,11 @@ HEADLINES = {
         "redis_answers_5xx",
         "redis_recover_s",
     ],
+    "checkpoints": [
+        "killed_to_completed_with_checkpoints_s",
+        "killed_to_completed_without_checkpoints_s",
+        "checkpoint_overhead_pct",
+    ],
 }
 
 
@@ -76,6 +82,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
+            "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
@@ -84,6 +91,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
+        "checkpoints": lambda: bench_checkpoints.run(),
     }
 
 
