@@ -11,8 +11,9 @@ with SIGKILL (Celery main process and engine); the other worker takes the task o
 figure is the time from the task's creation to COMPLETED: without checkpoints the second worker runs the
 whole task again, with them it resumes after the last complete checkpoint.
 
-Overhead: one uninterrupted task of `--overhead-seconds` on each farm, one after the other (so neither
-farm's I/O slows the other's run), creation to COMPLETED; overhead = (with - without) / without.
+Overhead: `--repeats` uninterrupted tasks of `--overhead-seconds` on each farm, one at a time and alternating
+(so neither farm's I/O slows the other's run), creation to COMPLETED; overhead = (median with - median
+without) / median without.
 Writes bench/results/checkpoints.json and checkpoints.md.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -43,9 +45,10 @@ SETTINGS = {
 def run(
     seconds: float = 60.0,
     kill_at: float = 0.8,
-    overhead_seconds: float = 40.0,
+    overhead_seconds: float = 30.0,
     stage_mb: float = 5.0,
     storage: str = "local",
+    repeats: int = 2,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     notes: list[str] = []
@@ -82,11 +85,23 @@ def run(
         notes.append(f"resumed: {outcomes['with']['resume_line']}")
         notes.append(f"load average while the killed runs ran: {load_during:.2f}")
 
-        plain = _uninterrupted(without, overhead_seconds)
-        checked = _uninterrupted(with_ckpt, overhead_seconds)
-        metrics["uninterrupted_without_checkpoints_s"] = round(plain["total_s"], 2)
-        metrics["uninterrupted_with_checkpoints_s"] = round(checked["total_s"], 2)
-        metrics["checkpoint_overhead_pct"] = round(100 * (checked["total_s"] / plain["total_s"] - 1), 1)
+        plains, checkeds = [], []
+        for n in range(repeats):  # alternating, so that a change of the machine's load hits both sides
+            pair = [(without, plains), (with_ckpt, checkeds)]
+            for bench, into in pair if n % 2 == 0 else reversed(pair):
+                into.append(_uninterrupted(bench, overhead_seconds, n))
+        plain_s = statistics.median(p["total_s"] for p in plains)
+        checked_s = statistics.median(c["total_s"] for c in checkeds)
+        checked = checkeds[-1]
+        metrics["uninterrupted_without_checkpoints_s"] = round(plain_s, 2)
+        metrics["uninterrupted_with_checkpoints_s"] = round(checked_s, 2)
+        metrics["checkpoint_overhead_pct"] = round(100 * (checked_s / plain_s - 1), 1)
+        notes.append(
+            "uninterrupted runs (s): without "
+            + ", ".join(f"{p['total_s']:.1f}" for p in plains)
+            + "; with "
+            + ", ".join(f"{c['total_s']:.1f}" for c in checkeds)
+        )
         metrics["checkpoints_saved"] = checked["saved"]
         metrics["checkpoint_uploaded_mb"] = round(checked["uploaded_mb"], 1)
         metrics["project_folder_mb"] = round(checked["project_mb"], 1)
@@ -101,6 +116,7 @@ def run(
         "overhead_seconds": overhead_seconds,
         "stage_mb": stage_mb,
         "storage": storage,
+        "repeats": repeats,
     }
     return result("checkpoints", params, metrics, targets, notes)
 
@@ -143,8 +159,8 @@ def _killed_run(bench: BenchFarm, seconds: float, kill_at: float) -> dict[str, A
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _uninterrupted(bench: BenchFarm, seconds: float) -> dict[str, Any]:
-    images = timed_images(bench.tmp / "uninterrupted", seconds)
+def _uninterrupted(bench: BenchFarm, seconds: float, n: int) -> dict[str, Any]:
+    images = timed_images(bench.tmp / f"uninterrupted-{n}", seconds)
     created = time.monotonic()
     task = bench.node().create_task(images, {"dsm": True})
     info = wait_for_status(bench.url, bench.token, task.uuid, timeout=seconds * 3 + 60)
@@ -187,14 +203,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the killed run (default 60)")
     parser.add_argument("--kill-at", type=float, default=0.8, help="fraction of the run at the kill (0.8)")
     parser.add_argument(
-        "--overhead-seconds", type=float, default=40.0, help="length of the uninterrupted runs (default 40)"
+        "--overhead-seconds", type=float, default=30.0, help="length of the uninterrupted runs (default 30)"
     )
+    parser.add_argument("--repeats", type=int, default=2, help="uninterrupted runs per farm (default 2)")
     parser.add_argument(
         "--stage-mb", type=float, default=5.0, help="MB each computed stage writes (default 5)"
     )
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
     args = parser.parse_args()
-    res = run(args.seconds, args.kill_at, args.overhead_seconds, args.stage_mb, args.storage)
+    res = run(args.seconds, args.kill_at, args.overhead_seconds, args.stage_mb, args.storage, args.repeats)
     print_result(res)
     write_results(res)
 

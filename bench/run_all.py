@@ -82,7 +82,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
-            "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1),
+            "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1, repeats=1),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
