@@ -95,7 +95,7 @@ def run(
         checked = checkeds[-1]
         metrics["uninterrupted_without_checkpoints_s"] = round(plain_s, 2)
         metrics["uninterrupted_with_checkpoints_s"] = round(checked_s, 2)
-        metrics["checkpoint_overhead_pct"] = round(100 * (checked_s / plain_s - 1), 1)
+        metrics["checkpoint_overhead_pct"] = round(100 * (checked_s / plain_s - 1), 1) + 0.0  # no -0.0
         notes.append(
             "uninterrupted runs (s): without "
             + ", ".join(f"{p['total_s']:.1f}" for p in plains)
