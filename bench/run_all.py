@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_api_latency
+import bench_checkpoints
 import bench_commit_to_complete
 import bench_download
 import bench_faults
@@ -81,6 +82,11 @@ HEADLINES = {
         "redis_answers_5xx",
         "redis_recover_s",
     ],
+    "checkpoints": [
+        "killed_to_completed_with_checkpoints_s",
+        "killed_to_completed_without_checkpoints_s",
+        "checkpoint_overhead_pct",
+    ],
 }
 
 
@@ -97,6 +103,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
             "webapp": lambda: bench_webapp.run(300, rows=3),
+            "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1, repeats=1),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
@@ -109,6 +116,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
         "webapp": lambda: bench_webapp.run(1000),
+        "checkpoints": lambda: bench_checkpoints.run(),
     }
 
 

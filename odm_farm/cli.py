@@ -70,6 +70,8 @@ ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "progress_port",
             "min_free_disk_mb",
             "console_max_lines",
+            "checkpoints",
+            "checkpoint_max_mb",
             "archive_max_mb",
             "archive_max_entries",
             "zip_max_bytes",

@@ -120,6 +120,7 @@ return {1, tonumber(cur)}
 _PROGRESS = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= '20' then return 0 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'runId') ~= ARGV[2] then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'progress') or '0')
 local new = tonumber(ARGV[1])
 if new > cur then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) return 1 end
@@ -556,9 +557,10 @@ class TaskStore:
         negative index from the end and clamps one before the first line to the first, as a slice does)."""
         return list(self.r.lrange(Keys.output(uuid), start, -1))
 
-    def set_progress(self, uuid: str, progress: float) -> bool:
+    def set_progress(self, uuid: str, progress: float, run_id: str = "") -> bool:
+        """Raise a RUNNING task's progress (never lowers it); with `run_id`, only while that run is the task's."""
         progress = min(100.0, max(0.0, float(progress)))
-        return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2)]))
+        return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2), run_id]))
 
     # --- leases ---------------------------------------------------------------------------
     def take_lease(self, uuid: str, run_id: str, seconds: float) -> bool:

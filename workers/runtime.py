@@ -53,6 +53,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     run: Run | None = None
     reason: str = ""
+    checkpointer: Any = None  # workers.checkpoints.Checkpointer saving this run's project folder
 
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
@@ -342,23 +343,27 @@ class WorkerRuntime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
         sock.settimeout(1.0)
-        held: dict[str, float] = {}  # the latest value per task not stored yet (Redis unavailable)
+        # the latest value per task and run not stored yet (Redis unavailable)
+        held: dict[tuple[str, str], float] = {}
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
             except OSError:  # includes the timeout: time to retry what is held
                 data = b""
-            parsed = parse_progress(data) if data else None
-            if parsed:
-                held[parsed[0]] = max(held.get(parsed[0], 0.0), parsed[1])
-            for uuid, value in list(held.items()):
+            parsed = parse_datagram(data) if data else None
+            run_id = engine_run_id(parsed[1]) if parsed else None
+            if parsed and run_id:  # a datagram of no engine run of this host's workers is dropped
+                key = (parsed[0], run_id)
+                held[key] = max(held.get(key, 0.0), parsed[2])
+            for (uuid, run), value in list(held.items()):
                 try:
-                    self.tasks.set_progress(uuid, value * ENGINE_SHARE)
+                    # a superseded run's engine still running somewhere never moves the task's progress
+                    self.tasks.set_progress(uuid, value * ENGINE_SHARE, run_id=run)
                 except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
                     log.warning("progress of %s held back: %s", uuid, exc)
                     break
-                if held.get(uuid) == value:
-                    del held[uuid]
+                if held.get((uuid, run)) == value:
+                    del held[(uuid, run)]
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
@@ -565,19 +570,43 @@ class WorkerRuntime:
 
 
 def parse_progress(data: bytes) -> tuple[str, float] | None:
-    """`PGUP/<pid>/<project name>/<float>` as ODM sends it; None for anything else."""
+    """`PGUP/<pid>/<project name>/<float>` as ODM sends it: (name, progress); None for anything else."""
+    parsed = parse_datagram(data)
+    return (parsed[0], parsed[2]) if parsed else None
+
+
+def parse_datagram(data: bytes) -> tuple[str, int, float] | None:
+    """`PGUP/<pid>/<project name>/<float>`: (name, pid, progress 0-100); None for anything else."""
     try:
         text = data.decode("ascii").strip()
-        tag, _pid, name, value = text.split("/", 3)
+        tag, pid, name, value = text.split("/", 3)
         if tag != "PGUP":
             return None
         uuidlib.UUID(name)
         progress = float(value)
+        sender = int(pid)
     except (UnicodeDecodeError, ValueError):
         return None
     if progress != progress:  # NaN
         return None
-    return name, min(100.0, max(0.0, progress))
+    return name, sender, min(100.0, max(0.0, progress))
+
+
+RUN_ID_VARIABLE = "ODM_FARM_RUN_ID"  # set in every engine's environment (workers/pipeline.py)
+
+
+def engine_run_id(pid: int) -> str | None:
+    """The farm run an engine process on this host belongs to, from its environment; None when it is gone
+    or no engine of ours (ODM and every process it starts inherit the variable)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = RUN_ID_VARIABLE.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode("ascii", errors="replace") or None
+    return None
 
 
 def _pid_alive(text: str) -> bool:
