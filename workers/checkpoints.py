@@ -67,6 +67,7 @@ class Manifest:
     engine: str
     options: list[dict[str, Any]]
     files: dict[str, Entry]
+    root: str = ""  # the project folder's absolute path when saved: ODM writes it into some files
 
     @property
     def total_bytes(self) -> int:
@@ -82,6 +83,7 @@ class Manifest:
             "engine": self.engine,
             "options": self.options,
             "files": {rel: asdict(e) for rel, e in sorted(self.files.items())},
+            "root": self.root,
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -107,6 +109,7 @@ class Manifest:
                 engine=str(data["engine"]),
                 options=list(data["options"]),
                 files=files,
+                root=str(data.get("root") or ""),
             )
         except CheckpointError:
             raise
@@ -242,7 +245,14 @@ def save(
         uploaded += 1
         uploaded_bytes += files[rel].size
     manifest = Manifest(
-        base.uuid, base.run, base.stage, int(time.time() * 1000), base.engine, base.options, files
+        base.uuid,
+        base.run,
+        base.stage,
+        int(time.time() * 1000),
+        base.engine,
+        base.options,
+        files,
+        str(project),
     )
     if stop() or not owns():
         raise Stopped()
@@ -304,6 +314,7 @@ def restore(
             os.utime(
                 target, ns=(entry.mtime_ns, entry.mtime_ns)
             )  # unchanged files stay out of the next delta
+        relocate(project, manifest)
     except BaseException:
         for path in created:
             if path.is_dir() and not path.is_symlink():
@@ -312,6 +323,42 @@ def restore(
                 path.unlink(missing_ok=True)
         raise
     return total
+
+
+RELOCATE_MAX_BYTES = 64 * 1024 * 1024
+
+
+def relocate(project: Path, manifest: Manifest) -> list[str]:
+    """Point what the checkpoint's old project folder wrote about itself at `project`; returns those files.
+
+    ODM writes absolute paths under the project folder into some files (OpenSfM's image_list.txt, ...) and
+    symbolic links, and another worker's scratch folder has another path. Links into the old folder are
+    re-pointed; text files up to RELOCATE_MAX_BYTES naming it are rewritten with a new mtime, so the next
+    checkpoint saves them as they are now. Binary files (a NUL byte in their first 8 KB) are left alone.
+    """
+    old, new = manifest.root, str(project)
+    if not old or old == new:
+        return []
+    old_bytes, new_bytes = old.encode(), new.encode()
+    moved = []
+    for rel, entry in sorted(manifest.files.items()):
+        target = project / rel
+        if entry.link:
+            if entry.link == old or entry.link.startswith(old + "/"):
+                target.unlink(missing_ok=True)
+                os.symlink(new + entry.link[len(old) :], target)
+                moved.append(rel)
+            continue
+        if entry.size > RELOCATE_MAX_BYTES:
+            continue
+        data = target.read_bytes()
+        if old_bytes not in data or b"\x00" in data[:8192]:
+            continue
+        target.write_bytes(data.replace(old_bytes, new_bytes))
+        moved.append(rel)
+    if moved:
+        log.info("checkpoint of %s: %d file(s) re-pointed from %s to %s", manifest.uuid, len(moved), old, new)
+    return moved
 
 
 def _download(store: ObjectStore, key: str, target: Path, entry: Entry, rel: str) -> int:

@@ -112,6 +112,34 @@ def test_restore_round_trips_files_modes_mtimes_and_links(store: ObjectStore, tm
     assert (target / "images/a.jpg").read_bytes() == b"placed input"
 
 
+def test_paths_of_the_old_project_folder_are_pointed_at_the_new_one(store: ObjectStore, tmp_path: Path) -> None:
+    """Another worker restores into another scratch path: ODM's absolute paths and links must follow."""
+    old = project_with(tmp_path / "worker1", {"images/a.jpg": b"jpg"})
+    listing = f"{old}/images/a.jpg\n".encode()
+    binary = b"\x00npz" + str(old).encode()  # binary files are not rewritten
+    project_with(tmp_path / "worker1", {"opensfm/image_list.txt": listing, "opensfm/f.npz": binary})
+    os.symlink(old / "images", old / "opensfm" / "images")
+    os.symlink("../images", old / "opensfm" / "relative")
+    saved = checkpoints.save(store, base("opensfm"), old)
+    assert saved is not None and saved.manifest.root == str(old)
+    assert Manifest.from_json(saved.manifest.to_json(), UUID).root == str(old)
+
+    new = project_with(tmp_path / "worker2-longer-path", {"images/a.jpg": b"jpg"})
+    checkpoints.restore(store, saved.manifest, new)
+    assert (new / "opensfm/image_list.txt").read_text() == f"{new}/images/a.jpg\n"
+    assert os.readlink(new / "opensfm/images") == str(new / "images")
+    assert os.readlink(new / "opensfm/relative") == "../images"
+    assert (new / "opensfm/f.npz").read_bytes() == binary
+    # the rewritten file is saved again by the resumed run's next checkpoint, so a third worker reads it
+    changed = checkpoints.delta(saved.manifest.files, checkpoints.scan(new))
+    assert "opensfm/image_list.txt" in changed and "opensfm/f.npz" not in changed
+    again = checkpoints.save(store, saved.manifest, new)
+    assert again is not None and again.manifest.root == str(new)
+    third = project_with(tmp_path / "w3", {"images/a.jpg": b"jpg"})
+    checkpoints.restore(store, again.manifest, third)
+    assert (third / "opensfm/image_list.txt").read_text() == f"{third}/images/a.jpg\n"
+
+
 @pytest.mark.parametrize("damage", ["flip", "missing", "truncate"])
 def test_a_damaged_blob_fails_the_restore_and_leaves_nothing_behind(
     store: ObjectStore, tmp_path: Path, damage: str

@@ -427,6 +427,16 @@ class Run:
                 f.write(chunk)
                 left -= len(chunk)
 
+    def read_image_list(self) -> None:
+        """Later stages open the images OpenSfM listed by absolute path: a project folder moved to another
+        path without its paths following fails here, as ODM would."""
+        listing = self.project / "opensfm" / "image_list.txt"
+        if not listing.exists():
+            return
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line and not Path(line).is_file():
+                raise MissingImage(f"Cannot open image {line}: No such file or directory")
+
     def execute(self) -> int:
         rerun_from = STAGES.index(self.args.rerun_from) if self.args.rerun_from else len(STAGES)
         last = STAGES.index(self.args.end_with)
@@ -448,6 +458,8 @@ class Run:
             else:
                 if stage == "openmvs" and any((self.project / "images").glob("simulate-enospc.*")):
                     fill_disk(self)
+                if index > STAGES.index("opensfm"):
+                    self.read_image_list()
                 if stage in CHILD_STAGES:
                     self.spawn_child(CHILD_STAGES[stage])
                 self.work(stage, previous, PROGRESS[stage])
@@ -612,6 +624,9 @@ def write_opensfm(run: Run) -> None:
         }
     ]
     write_opensfm_dataset(run, entries, cameras)
+    # as OpenSfM in ODM: the images by absolute path, read again by later stages (read_image_list)
+    images = sorted(p for p in (run.project / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    run.path("opensfm", "image_list.txt").write_text("".join(f"{p}\n" for p in images), encoding="utf-8")
     log("INFO", f"Extracted features and matched {len(entries)} images")
     run.path("opensfm", "reconstruction.json").write_text(json.dumps(reconstruction), encoding="utf-8")
     run.path("opensfm", "tracks.csv").write_text(
@@ -1117,6 +1132,10 @@ def controls(images_dir: Path, env: dict[str, str]) -> tuple[float, int | None]:
     return seconds, exit_code
 
 
+class MissingImage(Exception):
+    """An image a finished stage listed is not where it was."""
+
+
 def main(argv: list[str] | None = None) -> int:
     # a parent that ignores SIGTERM passes that on through exec; a cancel must still stop us
     signal.signal(signal.SIGTERM, on_signal)
@@ -1143,6 +1162,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args, seconds, exit_code, port)
     try:
         return run.execute()
+    except MissingImage as exc:
+        log("ERROR", str(exc))
+        return 1
     finally:
         run.kill_children()
         run.sock.close()
