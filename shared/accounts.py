@@ -163,7 +163,7 @@ class Accounts:
         expires = int(time.time()) + ttl
         pipe = self.r.pipeline()
         pipe.hset(Keys.auth_token(digest), mapping={"user": name, "digest": digest, "expires": str(expires)})
-        pipe.expire(Keys.auth_token(digest), ttl)
+        pipe.expireat(Keys.auth_token(digest), expires)  # gone the second token_caller refuses it
         pipe.sadd(Keys.user_tokens(name), digest)
         pipe.execute()
         return token
