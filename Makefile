@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test test-fast lint format typecheck bench clean
+.PHONY: install up test test-fast lint format typecheck bench bench-tools clean
 
 # the farm itself (make up) needs only the runtime; the tests add PyODM, SeaweedFS, compose, linters
 $(BIN)/.installed: pyproject.toml
@@ -38,7 +38,12 @@ format: install
 typecheck: install
 	$(BIN)/mypy api workers shared odm_farm
 
-bench: install
+# the benchmarks' own tools (not needed by make test): haproxy for the scale-out benchmark's load balancer
+bench-tools:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+
+bench: install bench-tools
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -25,6 +25,7 @@ import bench_api_latency
 import bench_commit_to_complete
 import bench_download
 import bench_faults
+import bench_scaleout
 import bench_upload
 from harness import RESULTS, ROOT, fmt, machine, print_result
 
@@ -55,6 +56,19 @@ HEADLINES = {
         "s3_streamed_api_rss_growth_mb",
     ],
     "commit_to_complete": ["commit_to_completed_p50_ms", "processing_time_p50_ms", "dispatch_p50_ms"],
+    "scaleout": [
+        "w1_api1_tasks_per_min",
+        "w2_api1_tasks_per_min",
+        "w4_api1_tasks_per_min",
+        "w8_api1_tasks_per_min",
+        "w8_api2_tasks_per_min",
+        "w2_api1_efficiency",
+        "w1_api1_dispatch_idle_p50_ms",
+        "w1_api1_overhead_p50_ms",
+        "w2_api1_overhead_p50_ms",
+        "w8_api1_overhead_p50_ms",
+        "w1_api1_redis_ops_per_task",
+    ],
     "faults": [
         "tasks_completed",
         "tasks_failed",
@@ -76,6 +90,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
+            "scaleout": lambda: bench_scaleout.run([1, 2], tasks=6),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
@@ -84,6 +99,8 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
+        # its quick mode (~4 min); bench_scaleout.py --full runs 200 tasks in every round
+        "scaleout": lambda: bench_scaleout.run(),
     }
 
 

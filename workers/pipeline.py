@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 from collections import deque
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), as ODM's tools and Python print it
 NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails
+STORE_PARALLEL = 8  # result objects stored at once
 
 
 class Stop(Exception):
@@ -305,14 +307,34 @@ def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zi
     from shared.assets import collect_assets
 
     prefix = results_prefix(job.uuid, job.run_id)
-    assets = collect_assets(project, workdir / "assets")
-    for name, path in assets.items():
-        rt.store.put_file(prefix + "assets/" + name, path)
-        _check(job)
+    uploads = {
+        prefix + "assets/" + name: path for name, path in collect_assets(project, workdir / "assets").items()
+    }
     if (project / "images.json").exists():
-        rt.store.put_file(prefix + "images.json", project / "images.json")
-    # all.zip last: its presence is what "results ready" means to the download route
+        uploads[prefix + "images.json"] = project / "images.json"
+    _put_all(rt, job, uploads)
+    # all.zip last, once every other object is stored: its presence is what "results ready" means to the
+    # download route
     rt.store.put_file(prefix + "all.zip", zip_path)
+
+
+def _put_all(rt: WorkerRuntime, job: Job, uploads: dict[str, Path]) -> None:
+    """Store the objects side by side (each one is a round trip to the store); returns when all are stored.
+
+    The first failure or a cancel stops the rest: uploads not started are dropped, those under way finish.
+    """
+    if not uploads:
+        return
+    pool = ThreadPoolExecutor(max_workers=min(STORE_PARALLEL, len(uploads)), thread_name_prefix="store")
+    try:
+        pending = {pool.submit(rt.store.put_file, key, path) for key, path in uploads.items()}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # raises the upload's error
+            _check(job)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _no_space(rt: WorkerRuntime, workdir: Path) -> str:
@@ -366,7 +388,8 @@ def _fail(rt: WorkerRuntime, job: Job, message: str) -> bool:
 
 
 def _notify(rt: WorkerRuntime, uuid: str, run_id: str) -> None:
-    rt.notify_end(uuid, _images_json(rt, uuid, run_id))
+    # images.json is read from the store only when a webhook goes out
+    rt.notify_end(uuid, lambda: _images_json(rt, uuid, run_id))
 
 
 def _images_json(rt: WorkerRuntime, uuid: str, run_id: str) -> Any:

@@ -536,13 +536,20 @@ class WorkerRuntime:
         return moved.ok
 
     def notify_end(self, uuid: str, images: Any = None) -> None:
-        """Queue the webhooks of a task this worker just ended (the one transition that ended it)."""
+        """Queue the webhooks of a task this worker just ended (the one transition that ended it).
+
+        `images` is the list for the payload, or a function returning it, called only when a webhook
+        goes out (a task without webhooks costs no read of its images.json).
+        """
         try:
             record = self.tasks.get(uuid)
         except TaskNotFound:
             return
+        if not (record.get("webhook") or self.settings.webhook):
+            return
+        listed = images() if callable(images) else images
         outbox.notify_task_end(
-            self.tasks.r, record, self.settings.webhook, self.settings.webhook_retries, images or []
+            self.tasks.r, record, self.settings.webhook, self.settings.webhook_retries, listed or []
         )
 
     def janitor(self) -> None:
