@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared import outbox
 from shared.models import TaskStatus
 from shared.node import inputs_prefix, results_prefix
 from shared.storage import StorageError
 from tests.workers.test_runtime import MakeRuntime, make_runtime, new_task  # noqa: F401 - fixture
-from workers import pipeline
+from workers import files, pipeline
 from workers.runtime import WorkerRuntime
 
 
@@ -30,30 +32,34 @@ def queued_task(rt: WorkerRuntime, **fields: Any) -> tuple[str, str]:
 
 
 class RecordingPuts:
-    """Wraps store.put_file: records when each put starts and ends and how many run at once."""
+    """Wraps the store's put_file and put_stream: records when each put starts and ends and how many run
+    at once."""
 
     def __init__(self, rt: WorkerRuntime, hold: float = 0.1, fail: str = "") -> None:
-        self.put = rt.store.put_file
         self.hold, self.fail = hold, fail
         self.lock = threading.Lock()
         self.running = self.most = 0
         self.spans: dict[str, tuple[float, float]] = {}
-        rt.store.put_file = self  # type: ignore[method-assign]
+        for name in ("put_file", "put_stream"):
+            setattr(rt.store, name, self.wrap(getattr(rt.store, name)))
 
-    def __call__(self, key: str, path: Path) -> None:
-        started = time.monotonic()
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-        try:
-            time.sleep(self.hold)  # a store round trip
-            if self.fail and key.endswith(self.fail):
-                raise StorageError(f"upload of {key!r} failed")
-            self.put(key, path)
-        finally:
+    def wrap(self, put: Any) -> Any:
+        def recorded(key: str, source: Any) -> Any:
+            started = time.monotonic()
             with self.lock:
-                self.running -= 1
-            self.spans[key] = (started, time.monotonic())
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(self.hold)  # a store round trip
+                if self.fail and key.endswith(self.fail):
+                    raise StorageError(f"upload of {key!r} failed")
+                return put(key, source)
+            finally:
+                with self.lock:
+                    self.running -= 1
+                self.spans[key] = (started, time.monotonic())
+
+        return recorded
 
 
 def test_results_are_stored_side_by_side_and_all_zip_only_after_every_other_object(
@@ -110,3 +116,46 @@ def test_a_task_without_webhooks_ends_without_reading_its_images_json(
     (member,) = rt.tasks.r.zrange(outbox.KEY, 0, -1)
     payload = json.loads(member)["payload"]
     assert payload["uuid"] == uuid and payload["images"]
+
+
+def test_inputs_are_fetched_side_by_side_and_intact_small_or_big(
+    make_runtime: MakeRuntime,  # noqa: F811 - the imported fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt = make_runtime(simulate_seconds=0.0)
+    monkeypatch.setattr(pipeline, "SMALL_OBJECT", 1000)  # objects above it come in parallel ranges
+    uuid, run_id = queued_task(rt)
+    sent = {f"img{n}.jpg": b"\xff\xd8\xff\xe0" + os.urandom(500 if n % 2 else 5000) for n in range(6)}
+    rt.store.delete_prefix(inputs_prefix(uuid))
+    for name, data in sent.items():
+        rt.store.put_bytes(inputs_prefix(uuid) + name, data)
+    lock, state = threading.Lock(), {"running": 0, "most": 0}
+
+    def counted(read: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                state["running"] += 1
+                state["most"] = max(state["most"], state["running"])
+            try:
+                time.sleep(0.1)  # a store round trip
+                return read(*args, **kwargs)
+            finally:
+                with lock:
+                    state["running"] -= 1
+
+        return call
+
+    rt.store.iter_range = counted(rt.store.iter_range)  # type: ignore[method-assign]
+    rt.store.get_to_file = counted(rt.store.get_to_file)  # type: ignore[method-assign]
+    received: dict[str, bytes] = {}
+    place = files.place_inputs
+
+    def seen(inputs: Path, *args: Any, **kwargs: Any) -> Any:
+        received.update({p.name: p.read_bytes() for p in inputs.iterdir()})
+        return place(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(files, "place_inputs", seen)
+    assert pipeline.process(rt, uuid, run_id) == "completed"
+    assert received == sent
+    assert state["most"] > 1
+    assert rt.tasks.get(uuid)["imagesCount"] == "6"
