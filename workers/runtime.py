@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
 WEBHOOK_POLL_SECONDS = 0.5
+PROGRESS_WRITE_SECONDS = 0.5  # ODM's progress datagrams for one task are stored at most this often
 WEBHOOK_SENDERS = 4
 SHUTDOWN = "worker shutting down"
 KEPT_MARKER = "KEPT-FAILED"
@@ -272,7 +273,7 @@ class WorkerRuntime:
         jobs = self.running()
         if not jobs:
             return
-        pipe = self.tasks.r.pipeline()
+        pipe = self.tasks.r.pipeline(transaction=False)  # reads only: no MULTI/EXEC around them
         for job in jobs:
             pipe.hmget(Keys.task(job.uuid), "status", "runId")
         states = pipe.execute()
@@ -341,24 +342,33 @@ class WorkerRuntime:
         # several workers on one host share ODM's fixed port; whichever receives a datagram records it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
-        sock.settimeout(1.0)
-        held: dict[str, float] = {}  # the latest value per task not stored yet (Redis unavailable)
+        sock.settimeout(PROGRESS_WRITE_SECONDS / 2)
+        # the latest value per task not stored yet: Redis unavailable, or stored less than
+        # PROGRESS_WRITE_SECONDS ago (a burst of datagrams is one write of its highest value)
+        held: dict[str, float] = {}
+        written: dict[str, float] = {}  # when each task's progress was last stored (monotonic)
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
-            except OSError:  # includes the timeout: time to retry what is held
+            except OSError:  # includes the timeout: time to store what is held
                 data = b""
             parsed = parse_progress(data) if data else None
             if parsed:
                 held[parsed[0]] = max(held.get(parsed[0], 0.0), parsed[1])
+            now = time.monotonic()
             for uuid, value in list(held.items()):
+                if value < 100 and now - written.get(uuid, -PROGRESS_WRITE_SECONDS) < PROGRESS_WRITE_SECONDS:
+                    continue
                 try:
                     self.tasks.set_progress(uuid, value * ENGINE_SHARE)
                 except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
                     log.warning("progress of %s held back: %s", uuid, exc)
                     break
+                written[uuid] = now
                 if held.get(uuid) == value:
                     del held[uuid]
+            if len(written) > 1000:  # forget tasks not heard from for a while
+                written = {u: t for u, t in written.items() if now - t < 60}
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
