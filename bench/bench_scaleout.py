@@ -25,6 +25,8 @@ is COMPLETED. Figures per round:
 - ``redis_ops_per_task``: Redis ``total_commands_processed`` delta over the round / tasks (the bench's own
   few commands subtracted); the top commands from ``INFO commandstats`` are in the notes.
 
+Run on its own, it also writes bench/results/scaleout.json and scaleout.md (``--save NAME`` for another name).
+
     .venv/bin/python bench/bench_scaleout.py            # quick: fewer tasks on small rounds (~4 min)
     .venv/bin/python bench/bench_scaleout.py --full     # 200 tasks every round (~15 min)
     .venv/bin/python bench/bench_scaleout.py --workers 1 2 --tasks 20 --storage local
@@ -50,6 +52,7 @@ from typing import Any
 import redis
 import requests
 from harness import (
+    RESULTS,
     TOKEN,
     BenchError,
     _stop_popen,
@@ -414,6 +417,13 @@ def run(
             row = run_round(scale, workers, apis, count, image, probe)
             print(f"   {json.dumps(row)}", flush=True)
             rows.append(row)
+    return summarize(rows, worker_counts, full, tasks, storage)
+
+
+def summarize(
+    rows: list[dict[str, Any]], worker_counts: list[int], full: bool, tasks: int | None, storage: str
+) -> dict[str, Any]:
+    """The benchmark's result from its rounds (each round is also printed as one JSON line)."""
     base = rows[0]["tasks_per_min"] / rows[0]["workers"]
     metrics: dict[str, Any] = {}
     for row in rows:
@@ -441,7 +451,7 @@ def run(
         if row["workers"] <= (os.cpu_count() or 1):
             targets[f"{tag}_efficiency"] = "~1 up to the cores (issue 10)"
     notes = [
-        f"{'full' if full or tasks else 'quick'} run: tasks per round "
+        f"{'full' if full else ('custom' if tasks else 'quick')} run: tasks per round "
         + ", ".join(f"{r['workers']}w/{r['apis']}api={r['tasks']}" for r in rows),
         f"{os.cpu_count()} CPUs shared by client, haproxy, APIs, workers, engines, Redis and S3 ({storage})",
     ]
@@ -460,7 +470,59 @@ def run(
         "mode": "full" if full else ("custom" if tasks else "quick"),
         "lb": "haproxy",
     }
-    return result("scaleout", params, metrics, targets, notes)
+    res = result("scaleout", params, metrics, targets, notes)
+    res["rounds"] = rows
+    return res
+
+
+TABLE = (
+    ("workers", "workers", "{}"),
+    ("API replicas", "apis", "{}"),
+    ("tasks", "tasks", "{}"),
+    ("load avg", "load_avg_1m", "{:.1f}"),
+    ("tasks/min", "tasks_per_min", "{:.1f}"),
+    ("efficiency", "efficiency", "{:.2f}"),
+    ("dispatch idle p50/p95 ms", ("dispatch_idle_p50_ms", "dispatch_idle_p95_ms"), "{:.1f} / {:.1f}"),
+    ("handoff p50/p95 ms", ("handoff_p50_ms", "handoff_p95_ms"), "{:.0f} / {:.0f}"),
+    ("overhead p50/p95 ms", ("overhead_p50_ms", "overhead_p95_ms"), "{:.0f} / {:.0f}"),
+    ("engine p50 ms", "engine_p50_ms", "{:.0f}"),
+    ("cycle − 2 s ms", "cycle_minus_2s_ms", "{:.0f}"),
+    ("Redis cmds/task", "redis_ops_per_task", "{:.0f}"),
+)
+
+
+def markdown_table(res: dict[str, Any]) -> str:
+    """One line per round: the figures of run() as a Markdown table."""
+    rows = res["rounds"]
+    base = rows[0]["tasks_per_min"] / rows[0]["workers"]
+    lines = ["| " + " | ".join(title for title, _, _ in TABLE) + " |", "|" + "---:|" * len(TABLE)]
+    for row in rows:
+        values = {**row, "efficiency": row["tasks_per_min"] / base / row["workers"]}
+        cells = []
+        for _, keys, form in TABLE:
+            picked = [values[k] for k in keys] if isinstance(keys, tuple) else [values[keys]]
+            cells.append(form.format(*picked))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save(res: dict[str, Any], name: str) -> Path:
+    """bench/results/<name>.json and .md (run_all.py writes latest.json with every benchmark)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"# Scale-out benchmark ({res['params']['mode']} run)\n\n{when} · {os.cpu_count()} CPUs · "
+        + ", ".join(f"{k}={v}" for k, v in res["params"].items())
+        + "\n\n"
+        + markdown_table(res)
+        + "\n"
+        + "\n".join(f"- {note}" for note in res["notes"])
+        + "\n"
+    )
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    return path
 
 
 def main() -> None:
@@ -471,8 +533,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--tasks", type=int, help="tasks in every round (overrides --full and quick)")
     parser.add_argument("--storage", choices=["s3", "local"], default="s3")
+    parser.add_argument("--save", default="scaleout", metavar="NAME", help="bench/results/NAME.json and .md")
     args = parser.parse_args()
-    print_result(run(args.workers, args.full, args.tasks, args.storage))
+    res = run(args.workers, args.full, args.tasks, args.storage)
+    print_result(res)
+    print(markdown_table(res))
+    print(f"written: {save(res, args.save)}")
 
 
 if __name__ == "__main__":
