@@ -16,7 +16,12 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(BIN)/.installed-test
+# the web app's browser tests drive a headless Chromium (Debian 12: chromium + chromium-driver, as root)
+CHROMEDRIVER ?= /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+install: $(BIN)/.installed-test $(CHROMEDRIVER)
 
 up: $(BIN)/.installed
 	$(BIN)/odm-farm up
@@ -38,8 +43,10 @@ format: install
 typecheck: install
 	$(BIN)/mypy api workers shared odm_farm
 
-# the benchmarks' own tools (not needed by make test): haproxy for the scale-out benchmark's load balancer
+# the benchmarks' own tools (not needed by make test): wrk, the load generator (C, not the bottleneck),
+# and haproxy, the scale-out benchmark's load balancer; Debian packages, installed once
 bench-tools:
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 

@@ -38,6 +38,7 @@ PUBLIC_ENDPOINTS = {
     "info.auth_register",
     "info.swagger",
     "web.index",
+    "web.asset",
 }
 
 # Routes outside the NodeODM surface: during an outage they answer 503 at once, as operators expect.
@@ -48,8 +49,10 @@ OPERATOR_ENDPOINTS = {
     "info.ready",
     "info.metrics",
     "info.workers",
+    "info.farm",
     "info.swagger",
     "web.index",
+    "web.asset",
 }
 OPERATOR_HOLD_SECONDS = 1.0  # enough to replace a pooled connection that a Redis restart broke
 
@@ -90,7 +93,10 @@ def create_app(settings: Settings | None = None, *, check_store: bool = True) ->
     app.extensions["node"] = node
     accounts = Accounts(tasks.r, settings)
     app.extensions["accounts"] = accounts
-    app.wsgi_app = HoldDuringOutage(app.wsgi_app)  # type: ignore[method-assign]
+    from api.fastpath import FastReads
+
+    # the polled read routes are answered before Flask; all else, and their errors, by Flask
+    app.wsgi_app = HoldDuringOutage(FastReads(app.wsgi_app, node, accounts))  # type: ignore[method-assign]
 
     # a path segment may hold any character, a newline too: the route then answers in the NodeODM form
     app.url_map.converters["path"] = AnyPathConverter
@@ -183,9 +189,18 @@ def identify(settings: Settings, accounts: Accounts) -> Caller | None:
     """
     if not settings.token:
         return NODE
-    given = request.args.get("token", "")
+    return identify_token(
+        settings, accounts, request.args.get("token", ""), lambda: request.headers.get(OWNER_HEADER, "")
+    )
+
+
+def identify_token(
+    settings: Settings, accounts: Accounts, given: str, owner_header: Callable[[], str]
+) -> Caller | None:
+    """identify() for a request's `token` argument; `owner_header` reads the OWNER_HEADER (api.fastpath
+    calls this too, without Flask)."""
     if hmac.compare_digest(given.encode("utf-8", "surrogatepass"), settings.token.encode()):
-        owner = request.headers.get(OWNER_HEADER, "") if settings.accounts else ""
+        owner = owner_header() if settings.accounts else ""
         return Caller(user=owner, admin=False, submodel=True) if owner else NODE
     if settings.accounts:
         return accounts.token_caller(given)

@@ -360,7 +360,23 @@ def _paths() -> dict[str, Any]:
         },
         "/task/list": {
             "get": {
-                "summary": "Every task, in creation order",
+                "summary": "Every task, in creation order (a page of them with limit)",
+                "parameters": [
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "description": "skip this many tasks (ODM Farm extension; default 0)",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "at most this many tasks (ODM Farm extension; default: every task)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    },
+                ],
                 "responses": json_200(
                     "the tasks",
                     {
@@ -482,6 +498,15 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/farm": {
+            "get": {
+                "summary": "Workers, queue depth per queue and why queued tasks cannot start (an extension)",
+                "responses": {
+                    **json_200("the farm", FARM_BODY),
+                    "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (an extension): tasks, durations, queues, workers, bytes, webhooks",
@@ -513,15 +538,60 @@ def _paths() -> dict[str, Any]:
         },
         "/": {
             "get": {
-                "summary": "A status page for people",
+                "summary": "The web app: tasks, uploads, options, results and the farm's workers",
+                "description": "Its API calls pass the token of the page's ?token= (or of a login).",
                 "security": public,
                 "responses": {
                     "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "304": {"description": "not modified (If-None-Match)"},
+                    "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
+                },
+            }
+        },
+        "/web/{version_id}/{name}": {
+            "get": {
+                "summary": "The web app's modules and styles, cached for a year under the current version",
+                "security": public,
+                "parameters": [
+                    {"name": "version_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the asset",
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "304": {"description": "not modified (If-None-Match)"},
+                    "404": _json_object("no such asset", {"error": {"type": "string"}}),
                     "503": _json_object("Redis does not answer", {"error": {"type": "string"}}),
                 },
             }
         },
     }
+
+
+FARM_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["now", "workers", "queues", "warnings"],
+    "properties": {
+        "now": {"type": "integer", "description": "the server's clock, ms since 1970 (for `lastBeat` ages)"},
+        "workers": {"type": "array", "items": {"type": "object"}},
+        "queues": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "integer"} for k in ("waiting", "running", "deferred", "workers", "slots")
+                },
+            },
+        },
+        "warnings": {"type": "array", "items": {"type": "string"}},
+    },
+}
 
 
 def _json_object(description: str, properties: dict[str, Any]) -> dict[str, Any]:
@@ -533,26 +603,20 @@ def _json_object(description: str, properties: dict[str, Any]) -> dict[str, Any]
 
 def _download_responses() -> dict[str, Any]:
     return {
-        "200": {
-            "description": "the whole file; or the NodeODM error form (not ready, invalid asset)",
-            "headers": DOWNLOAD_HEADERS,
-            "content": {
-                "application/zip": {"schema": BINARY},
-                "application/octet-stream": {"schema": BINARY},
-                JSON: {"schema": ref("Error")},
-            },
-        },
-        "206": {
-            "description": "the requested range",
-            "headers": DOWNLOAD_HEADERS,
-            "content": {
-                "application/zip": {"schema": BINARY},
-                "application/octet-stream": {"schema": BINARY},
-            },
-        },
+        "200": _file_response(
+            "the whole file; or the NodeODM error form (not ready, invalid asset)",
+            {JSON: {"schema": ref("Error")}},
+        ),
+        "206": _file_response("the requested range"),
         "302": {"description": "a presigned object-store URL (ODM_FARM_DOWNLOAD_REDIRECT)"},
         "416": {"description": "the range is outside the file"},
     }
+
+
+def _file_response(description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A download answer: an archive or any other file, with the download headers."""
+    content = {"application/zip": {"schema": BINARY}, "application/octet-stream": {"schema": BINARY}}
+    return {"description": description, "headers": DOWNLOAD_HEADERS, "content": {**content, **(extra or {})}}
 
 
 # gunicorn refuses these before the app sees them (no client of the NodeODM API sends such requests)

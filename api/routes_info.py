@@ -11,8 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api.app import accounts, caller, node
 from api.fields import form_fields
 from api.openapi import openapi
+from shared.farm import farm_status
 from shared.metrics import FarmCollector
 from shared.node import API_VERSION
+from shared.taskstore import now_ms
 
 bp = Blueprint("info", __name__)
 
@@ -124,6 +126,13 @@ def ready():
 def workers():
     """The live worker hosts (an extension: NodeODM clients ignore it)."""
     return jsonify(node().live_workers())
+
+
+@bp.get("/farm")
+def farm():
+    """Workers, queue depth per queue and why queued tasks cannot start (an extension: the web app's panel)."""
+    n = node()
+    return jsonify(farm_status(n.live_workers(), n.tasks.occupancy(), now_ms()))
 
 
 @bp.get("/metrics")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+import orjson
 from flask import Blueprint, Response, g, jsonify, redirect, request
 
 from api.app import caller, node
@@ -14,31 +15,57 @@ from shared.errors import InvalidRequest
 from shared.models import TaskStatus
 from shared.node import Node, results_prefix
 from shared.storage import ObjectNotFound
-from shared.tasks import task_info
 
 bp = Blueprint("tasks", __name__)
 
 
+# The three polled routes below are answered by api.fastpath.FastReads before Flask sees them; these views
+# answer what it leaves to Flask (errors, outages) with the same functions, so both give the same bodies.
 @bp.get("/task/list")
 def task_list():
-    return jsonify([{"uuid": u} for u in node().list_uuids(caller())])
+    offset, limit = list_page(request.args)
+    return json_response(node().list_json(caller(), offset, limit))
 
 
 @bp.get("/task/<uuid>/info")
 def info(uuid: str):
-    n = node()
-    record = n.get(uuid, caller())
-    output = None
-    if "with_output" in request.args:
-        output = n.tasks.output(uuid, _int_arg("with_output"))
-    return jsonify(task_info(record, output))
+    start = _task_arg(uuid, "with_output") if "with_output" in request.args else None
+    return json_response(node().info_json(uuid, caller(), start))
 
 
 @bp.get("/task/<uuid>/output")
 def output(uuid: str):
-    n = node()
-    n.get(uuid, caller())
-    return jsonify(n.tasks.output(uuid, _int_arg("line")))
+    return json_response(orjson.dumps(node().console(uuid, caller(), _task_arg(uuid, "line"))))
+
+
+def _task_arg(uuid: str, name: str) -> int:
+    """A task route's number argument; an unknown task is answered "not found" before a bad argument."""
+    try:
+        return int_arg(request.args, name)
+    except InvalidRequest:
+        node().console(uuid, caller(), -1)  # raises TaskNotFound for a task this caller cannot see
+        raise
+
+
+def json_response(body: bytes) -> Response:
+    return Response(body + b"\n", mimetype="application/json")  # with jsonify's final newline
+
+
+# /task/list pages: at most this many uuids per page (no limit = every task, as NodeODM answers)
+MAX_PAGE = 10_000
+
+
+def list_page(args: Mapping[str, str]) -> tuple[int, int | None]:
+    """?offset=&limit= of /task/list: no limit = every task from offset (the NodeODM answer)."""
+    offset = int_arg(args, "offset")
+    if offset < 0:
+        raise InvalidRequest("Invalid offset: it must be 0 or more")
+    if args.get("limit") in (None, ""):
+        return offset, None
+    limit = int_arg(args, "limit")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"Invalid limit: it must be between 1 and {MAX_PAGE}")
+    return offset, limit
 
 
 def asset_key(uuid: str, asset: str, run_id: str) -> str:
@@ -74,6 +101,7 @@ def download(uuid: str, asset: str):
     if n.settings.download_redirect:
         url = n.store.presigned_url(key, filename=asset)
         if url:
+            metrics.count(n.tasks.r, "download_redirected_bytes", _asked(size))
             return redirect(url, code=302)
     headers = {
         "Accept-Ranges": "bytes",
@@ -92,6 +120,12 @@ def download(uuid: str, asset: str):
         return Response(status=status, headers=headers)
     body = _counted(n, n.store.iter_range(key, start, end))
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _asked(size: int) -> int:
+    """Bytes a request asks for: its range (as the store will answer it) or the whole file."""
+    span = request.range.range_for_length(size) if request.range is not None and size > 0 else None
+    return span[1] - span[0] if span else size
 
 
 def _counted(n: Node, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -148,8 +182,8 @@ def _body() -> dict[str, str]:
 _LINE_LIMIT = 2**62
 
 
-def _int_arg(name: str) -> int:
-    raw = request.args.get(name, "0") or "0"
+def int_arg(args: Mapping[str, str], name: str) -> int:
+    raw = args.get(name, "0") or "0"
     try:
         value = int(raw)
     except ValueError:

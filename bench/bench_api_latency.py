@@ -40,16 +40,19 @@ WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,' ..
+    'WRKJSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"timeouts":%d,"non2xx":%d,' ..
     '"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f,"max_us":%d}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.timeout, e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max))
 end
 """
 
 
-def wrk_load(url: str, connections: int, duration: float, threads: int = 2) -> dict[str, float]:
-    """p50/p90/p99 in ms and requests/s from wrk, which must be on PATH."""
+def wrk_load(
+    url: str, connections: int, duration: float, threads: int = 2, allow_timeouts: bool = False
+) -> dict[str, float]:
+    """p50/p90/p99 in ms and requests/s from wrk, which must be on PATH. With allow_timeouts, requests
+    not answered within wrk's 10 s are counted (`timeouts`) instead of failing the run."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)
     try:
@@ -71,6 +74,9 @@ def wrk_load(url: str, connections: int, duration: float, threads: int = 2) -> d
     if done.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
     raw = json.loads(line.removeprefix("WRKJSON "))
+    timeouts = raw.pop("timeouts")
+    if allow_timeouts:
+        raw["socket_errors"] -= timeouts
     if raw["socket_errors"] or raw["non2xx"]:
         raise BenchError(f"wrk saw errors on {url}: {raw}")
     return {
@@ -80,6 +86,7 @@ def wrk_load(url: str, connections: int, duration: float, threads: int = 2) -> d
         "max_ms": raw["max_us"] / 1000,
         "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
         "requests": raw["requests"],
+        "timeouts": timeouts,
     }
 
 
@@ -205,7 +212,13 @@ def run(
         for name, url in urls.items():
             load(url, connections, warmup)
             figures = load(url, connections, duration)
-            metrics.update({f"{name}_c{connections}_{k}": v for k, v in figures.items() if k != "requests"})
+            metrics.update(
+                {
+                    f"{name}_c{connections}_{k}": v
+                    for k, v in figures.items()
+                    if k not in ("requests", "timeouts")
+                }
+            )
     return result(
         "api_latency",
         {

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import bench_api_latency
+import bench_checkpoints
 import bench_commit_to_complete
 import bench_download
 import bench_faults
+import bench_hot_paths
 import bench_scaleout
 import bench_upload
+import bench_webapp
 from harness import RESULTS, ROOT, fmt, machine, print_result
 
 Runner = Callable[[], dict[str, Any]]
@@ -44,8 +47,22 @@ HEADLINES = {
         "task_info_c32_p99_ms",
         "task_info_c32_requests_per_s",
     ],
-    "upload_local": ["upload_mb_s", "api_rss_growth_mb"],
-    "upload_s3": ["upload_mb_s", "api_rss_growth_mb"],
+    "hot_paths": [
+        "info_requests_per_s",
+        "task_info_requests_per_s",
+        "task_info_p99_ms",
+        "task_info_api_cpu_us",
+        "console1000_info_output990_requests_per_s",
+        "console1000_output990_requests_per_s",
+        "list_1_requests_per_s",
+        "list_1000_page100_requests_per_s",
+        "list_100000_page100_requests_per_s",
+        "list_100000_requests_per_s",
+    ],
+    "upload_local": ["upload_mb_s", "upload_best_mb_s", "upload_api_cpu_s"],
+    "upload_s3": ["upload_mb_s", "s3_alone_mb_s", "farm_of_s3_alone_pct", "upload_api_cpu_s"],
+    "upload_s3_200x5": ["upload_mb_s", "api_rss_growth_mb"],
+    "upload_local_cli": ["upload_mb_s", "progress_updates"],
     "download": [
         "s3_streamed_mb_s",
         "s3_redirect_mb_s",
@@ -69,6 +86,7 @@ HEADLINES = {
         "w8_api1_overhead_p50_ms",
         "w1_api1_redis_ops_per_task",
     ],
+    "webapp": ["load_to_rows_ms", "open_row_p50_ms", "next_page_p50_ms", "event_loop_lag_max_ms"],
     "faults": [
         "tasks_completed",
         "tasks_failed",
@@ -78,6 +96,11 @@ HEADLINES = {
         "redis_answers_5xx",
         "redis_recover_s",
     ],
+    "checkpoints": [
+        "killed_to_completed_with_checkpoints_s",
+        "killed_to_completed_without_checkpoints_s",
+        "checkpoint_overhead_pct",
+    ],
 }
 
 
@@ -85,22 +108,32 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
     if quick:
         return {
             "api_latency": lambda: bench_api_latency.run(duration=3, sequential_count=500, warmup=1),
-            "upload_local": lambda: bench_upload.run("local", 20, 2),
-            "upload_s3": lambda: bench_upload.run("s3", 20, 5),
+            "hot_paths": lambda: bench_hot_paths.run(duration=3, tasks=10_000),
+            "upload_local": lambda: bench_upload.run("local", 20, 2, repeat=1),
+            "upload_s3": lambda: bench_upload.run("s3", 20, 2, repeat=1),
+            "upload_s3_200x5": lambda: bench_upload.run("s3", 20, 5, repeat=1),
+            "upload_local_cli": lambda: bench_upload.run("local", 20, 2, 4, repeat=1, client="odm-farm"),
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
             "scaleout": lambda: bench_scaleout.run([1, 2], tasks=6),
+            "webapp": lambda: bench_webapp.run(300, rows=3),
+            "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1, repeats=1),
         }
     return {
         "api_latency": lambda: bench_api_latency.run(),
+        "hot_paths": lambda: bench_hot_paths.run(),
         "upload_local": lambda: bench_upload.run("local", 100, 2),
-        "upload_s3": lambda: bench_upload.run("s3", 200, 5),
+        "upload_s3": lambda: bench_upload.run("s3", 100, 2),
+        "upload_s3_200x5": lambda: bench_upload.run("s3", 200, 5, repeat=1),
+        "upload_local_cli": lambda: bench_upload.run("local", 100, 2, 4, repeat=1, client="odm-farm"),
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
         # its quick mode (~4 min); bench_scaleout.py --full runs 200 tasks in every round
         "scaleout": lambda: bench_scaleout.run(),
+        "webapp": lambda: bench_webapp.run(1000),
+        "checkpoints": lambda: bench_checkpoints.run(),
     }
 
 

@@ -70,6 +70,8 @@ ROLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "progress_port",
             "min_free_disk_mb",
             "console_max_lines",
+            "checkpoints",
+            "checkpoint_max_mb",
             "archive_max_mb",
             "archive_max_entries",
             "zip_max_bytes",
@@ -456,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not print an error either
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a local file: an image that cannot be read, a folder that cannot be written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"odm-farm {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -1,8 +1,9 @@
 """The NodeODM client behind `odm-farm submit/tasks/info/logs/...`: any NodeODM API (this farm, NodeODM, ClusterODM).
 
-PyODM does the HTTP work (chunked parallel uploads with retries, ranged downloads); `RemoteNode` only teaches it
-full base URLs (https on any port, a path prefix), which PyODM builds from host and port alone. Every failure
-leaves this module as a `ClientError` with a one-line message that never holds the token.
+PyODM does the API calls; `RemoteNode` teaches it full base URLs (https on any port, a path prefix, a token
+or basic-auth user in the URL), which PyODM builds from host and port alone, and refuses answers that are not
+JSON. Uploads and downloads, counted in bytes, are in odm_farm/transfer.py. Every failure leaves this module
+as a `ClientError` with a one-line message that never holds the token or a URL password.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import select
 import sys
 import time
@@ -19,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from pyodm import Node
@@ -43,21 +45,58 @@ class RemoteNode(Node):
     """A PyODM Node addressed by a full URL (scheme, host, port, path prefix) instead of host and port."""
 
     def __init__(self, base_url: str, token: str = "", timeout: float = 30) -> None:
+        base_url = base_url.strip()
+        if re.fullmatch(r"[\w.-]+(:\d+)?(/.*)?", base_url):  # `localhost:3000`, as NodeODM's users type it
+            base_url = "http://" + base_url
         try:
-            parts = urlsplit(base_url.strip())
+            parts = urlsplit(base_url)
             port = parts.port
         except ValueError as exc:
-            raise ClientError(f"bad node URL {base_url!r}: {exc}") from None
+            raise ClientError(f"bad node URL {masked_url(base_url)!r}: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ClientError(f"bad node URL {base_url!r}: expected http(s)://host[:port][/path]")
+            raise ClientError(f"bad node URL {masked_url(base_url)!r}: expected http(s)://host[:port][/path]")
+        # a URL copied from a browser may carry the token (`?token=`): it is the token unless one is given
+        token = token or dict(parse_qsl(parts.query)).get("token", "")
         super().__init__(parts.hostname, port or (443 if parts.scheme == "https" else 80), token, timeout)
-        self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"  # requests, with credentials
+        self.base = masked_url(self._base)  # messages: `user:***@host` (a proxy's basic auth)
 
     def url(self, url: str, query: dict[str, Any] | None = None) -> str:
         query = dict(query or {})  # PyODM passes a shared default dict
         if self.token:
             query["token"] = self.token
-        return self.base + url + (f"?{urlencode(query)}" if query else "")
+        return self._base + url + (f"?{urlencode(query)}" if query else "")
+
+    # PyODM hands back the raw response when an answer is not JSON, and its Task methods then fail on it
+    # (`'Response' object has no attribute 'get'`): a NodeODM API answers JSON, so anything else is an error
+    def get(self, url: str, query: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        result = super().get(url, query or {}, **kwargs)
+        if isinstance(result, requests.Response) and not kwargs.get("stream"):
+            raise ClientError(not_nodeodm(self.base + url, result))
+        return result
+
+    def post(self, url: str, data: Any = None, headers: dict[str, str] | None = None) -> Any:
+        result = super().post(url, data, headers or {})
+        if isinstance(result, requests.Response):
+            raise ClientError(not_nodeodm(self.base + url, result))
+        return result
+
+
+def masked_url(url: str) -> str:
+    """`url` fit for a message: no password, no query (it may hold the token)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        return url.split("?")[0].split("@")[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def not_nodeodm(url: str, response: requests.Response) -> str:
+    kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+    return f"unexpected answer from {url} (HTTP {response.status_code}, {kind}): is it a NodeODM API?"
 
 
 def connect(url: str | None, token: str | None, timeout: float = 30) -> RemoteNode:
@@ -76,7 +115,7 @@ def friendly_errors(node: RemoteNode) -> Iterator[None]:
     except ClientError:
         raise
     except (NodeConnectionError, requests.ConnectionError, requests.Timeout) as exc:
-        raise ClientError(f"cannot reach the node at {node.base}: {_reason(str(exc))}") from None
+        raise ClientError(f"cannot reach the node at {node.base}: {reason(str(exc))}") from None
     except NodeResponseError as exc:
         text = _hide(str(exc), node.token)
         if "authentication token" in text.lower() or "unauthorized" in text.lower():
@@ -98,7 +137,7 @@ def _hide(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
-def _reason(text: str) -> str:
+def reason(text: str) -> str:
     """The useful end of a requests connection error, without the URL (which holds the token)."""
     for known in (
         "Connection refused",
@@ -208,20 +247,36 @@ def patiently(
             if time.monotonic() + delay > deadline:
                 raise
             if on_retry:
-                on_retry(_reason(str(exc)) if isinstance(exc, NodeConnectionError) else "server error")
+                on_retry(reason(str(exc)) if isinstance(exc, NodeConnectionError) else "server error")
             time.sleep(delay)
             delay = min(delay * 2, 3.0)
 
 
 def follow_output(
-    task: Task, write: Callable[[str], None], interval: float = 1.0, follow: bool = True
+    task: Task,
+    write: Callable[[str], None],
+    interval: float = 1.0,
+    follow: bool = True,
+    on_retry: Callable[[str], None] | None = None,
 ) -> Any:
-    """Write every console line once, as it comes; with `follow`, until the task ends. Returns the last info."""
+    """Write every console line once, as it comes; with `follow`, until the task ends. Returns the last info.
+
+    A node unreachable at the first request is an error at once (a wrong URL); later, while following, an
+    outage is waited out (`on_retry` hears of each attempt).
+    """
     printed = 0
+    first = True
     while True:
         # info before the output: once the task has ended, the output fetched after it is complete
-        info = patiently(task.info) if follow else None
-        lines = patiently(functools.partial(task.output, printed)) if follow else task.output(printed)
+        if first or not follow:
+            info = task.info() if follow else None
+            lines = task.output(printed)
+        else:
+            info = patiently(task.info, on_retry)
+            lines = patiently(functools.partial(task.output, printed), on_retry)
+        first = False
+        if not isinstance(lines, list):
+            raise ClientError(f"unexpected answer from {task.node.base}/task/{task.uuid}/output")
         for line in lines:
             write(line)
         printed += len(lines)
@@ -231,9 +286,12 @@ def follow_output(
 
 
 def extract(zip_path: Path, destination: Path) -> list[str]:
-    with zipfile.ZipFile(zip_path) as archive:
-        names = archive.namelist()
-        archive.extractall(destination)  # zipfile drops absolute paths and ".." parts
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = archive.namelist()
+            archive.extractall(destination)  # zipfile drops absolute paths and ".." parts
+    except zipfile.BadZipFile as exc:
+        raise ClientError(f"the downloaded all.zip is not a usable archive: {exc}") from None
     return names
 
 

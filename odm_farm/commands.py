@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Any
 from pyodm.api import Task
 from pyodm.types import TaskStatus
 
-from odm_farm import client
+from odm_farm import client, transfer
 from odm_farm.client import ENDED, ClientError, RemoteNode
 
 EXIT_INTERRUPTED = 130
@@ -29,8 +28,8 @@ def add_client_commands(sub: Any) -> None:
     group = common.add_argument_group("node")
     group.add_argument(
         "--url",
-        help=f"NodeODM API URL: this farm, NodeODM or ClusterODM (env {client.URL_VARIABLE}, "
-        f"default {client.DEFAULT_URL})",
+        help=f"NodeODM API URL: this farm, NodeODM or ClusterODM; host:port means http, a ?token= in it is the "
+        f"token (env {client.URL_VARIABLE}, default {client.DEFAULT_URL})",
     )
     group.add_argument("--token", help=f"the node's token (env {client.TOKEN_VARIABLE})")
     group.add_argument("--timeout", type=float, default=30, help="seconds per request (default 30)")
@@ -90,18 +89,24 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _progress() -> Any:
+def _progress(in_bytes: bool = False, console: Any = None) -> Any:
+    """Bars on stderr; a transfer bar counts bytes (done / total, speed), a processing bar percents."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
     )
+
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+    if in_bytes:
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    console = console or Console(stderr=True)
+    return Progress(*columns, TimeElapsedColumn(), console=console, transient=False)
 
 
 # --- submit ----------------------------------------------------------------------------------------------
@@ -111,27 +116,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise ClientError(f"no such file: {', '.join(missing)}")
+    names: dict[str, Path] = {}
+    for path in args.images:
+        if path.name in names and names[path.name].resolve() != path.resolve():
+            raise ClientError(
+                f"{names[path.name]} and {path} have the same name: a node keeps one file per name"
+            )
+        names[path.name] = path
+    args.images = list({p.resolve(): p for p in args.images}.values())  # a file given twice is sent once
     node = _node(args)
     with client.friendly_errors(node):
         options = client.check_options(client.parse_option_args(args.option), client.node_options(node))
         try:
-            with _progress() as bars:
-                bar = bars.add_task(f"Uploading {len(args.images)} files", total=100)
-                task = node.create_task(
-                    [str(p) for p in args.images],
+            with _progress(in_bytes=True) as bars:
+                bar = bars.add_task(f"Uploading {len(args.images)} files", total=None)
+                task = transfer.upload_task(
+                    node,
+                    args.images,
                     options,
+                    lambda done, total: bars.update(bar, completed=done, total=total),
                     name=args.name,
                     webhook=args.webhook,
-                    progress_callback=lambda percent: bars.update(bar, completed=percent),
-                    parallel_uploads=max(1, args.parallel_uploads),
-                    max_retries=5,
-                    retry_timeout=2,
+                    parallel=max(1, args.parallel_uploads),
                 )
-                bars.update(bar, completed=100)
         except KeyboardInterrupt:
-            # PyODM's upload threads are not daemons and would keep the process alive: leave at once
             _err("upload interrupted: no task was started (the node discards the partial upload)")
-            os._exit(EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
         print(task.uuid, flush=True)
         if not (args.wait or args.download):
             return 0
@@ -183,13 +193,15 @@ def _download(task: Task, destination: Path) -> None:
         raise ClientError(f"task {task.uuid} is {status.name}: only a COMPLETED task has results to download")
     destination.mkdir(parents=True, exist_ok=True)
     # the archive goes next to the results, under a temporary name, so a failed download leaves no all.zip
-    with tempfile.TemporaryDirectory(dir=destination, prefix=".download-") as scratch, _progress() as bars:
-        bar = bars.add_task("Downloading all.zip", total=100)
-        zip_path = task.download_zip(
-            scratch, progress_callback=lambda percent: bars.update(bar, completed=percent)
+    with (
+        tempfile.TemporaryDirectory(dir=destination, prefix=".download-") as scratch,
+        _progress(in_bytes=True) as bars,
+    ):
+        bar = bars.add_task("Downloading all.zip", total=None)
+        zip_path = transfer.download_zip(
+            task, Path(scratch), lambda done, total: bars.update(bar, completed=done, total=total)
         )
-        bars.update(bar, completed=100)
-        names = client.extract(Path(zip_path), destination)
+        names = client.extract(zip_path, destination)
     _err(f"{len(names)} files extracted into {destination}")
 
 
@@ -241,7 +253,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     node = _node(args)
     with client.friendly_errors(node):
         client.follow_output(
-            Task(node, args.uuid), lambda line: print(line, flush=True), args.interval, args.follow
+            Task(node, args.uuid),
+            lambda line: print(line, flush=True),
+            args.interval,
+            args.follow,
+            on_retry=lambda why: _err(f"odm-farm logs: node unreachable ({why}); trying again"),
         )
     return 0
 
@@ -255,9 +271,11 @@ def cmd_command(args: argparse.Namespace) -> int:
             if args.option:
                 items = client.parse_option_args(args.option)
                 options = client.check_options(items, client.node_options(node))
-            task.restart(options)
+            done = task.restart(options)
         else:
-            getattr(task, args.command)()
+            done = getattr(task, args.command)()
+    if not done:  # a NodeODM answer without "success": true and without an error
+        raise ClientError(f"task {args.uuid}: the node did not confirm the {args.command}")
     _err(f"task {args.uuid}: {args.command} done")
     return 0
 
@@ -274,8 +292,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     with client.friendly_errors(node):
         try:
             workers = node.get("/workers")
-        except client.NodeServerError:
-            raise ClientError(f"{node.base} has no /workers: it is not an ODM Farm") from None
+        except client.NodeServerError as exc:
+            if "404" not in str(exc):  # a farm in trouble (503 while Redis restarts) is still a farm
+                raise
+            raise ClientError(
+                f"{node.base} has no /workers: it is not an ODM Farm (NodeODM and ClusterODM list no workers)"
+            ) from None
     if not isinstance(workers, list):
         raise ClientError(f"unexpected answer from {node.base}/workers")
     print(

@@ -95,21 +95,24 @@ def _list(accounts: Accounts, args: argparse.Namespace) -> int:
 
 def _remove(accounts: Accounts, args: argparse.Namespace) -> int:
     if not accounts.remove_user(args.name):
-        print(f"odm-farm user: no user {args.name}", file=sys.stderr)
-        return 1
+        return _no_such_user(args.name)
     print(f"user {args.name} removed")
     return 0
 
 
 def _token(accounts: Accounts, args: argparse.Namespace) -> int:
     if not accounts.user(args.name):
-        print(f"odm-farm user: no user {args.name}", file=sys.stderr)
-        return 1
+        return _no_such_user(args.name)
     if args.revoke:
         print(f"{accounts.revoke_tokens(args.name)} token(s) of {args.name} revoked")
         return 0
     print(accounts.issue_token(args.name, args.hours))
     return 0
+
+
+def _no_such_user(name: str) -> int:
+    print(f"odm-farm user: no user {name}", file=sys.stderr)
+    return 1
 
 
 _ACTIONS: dict[str, Callable[[Accounts, argparse.Namespace], int]] = {

@@ -34,6 +34,8 @@ COUNTERS = {
     "tasks_created": "tasks committed (uploads that became tasks)",
     "upload_bytes": "bytes of task inputs received by the API",
     "download_bytes": "bytes of task results sent by the API",
+    "download_redirected_bytes": "bytes of task results asked for through a redirect to the object store "
+    "(ODM_FARM_DOWNLOAD_REDIRECT: the range asked, or the whole file)",
     "webhook_failures": "webhook delivery attempts that failed",
     "lease_takeovers": "running tasks re-queued after their worker stopped renewing the lease",
 }

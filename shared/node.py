@@ -8,6 +8,7 @@ import threading
 import uuid as uuidlib
 from typing import Any
 
+import orjson
 from celery import Celery
 
 from shared import metrics, outbox
@@ -20,6 +21,7 @@ from shared.queue import PROCESS_TASK, QUEUE_CPU, decide_for
 from shared.safety import UnsafeInput, normalize_outputs, safe_filename
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.tasks import INFO_FIELDS, task_info_json
 from shared.taskstore import Decide, Keys, TaskStore, count_images, is_image_name, new_run_id, now_ms
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class Node:
         self._catalogs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         self._catalog_lock = threading.Lock()
         self.accounts = Accounts(tasks.r, settings)
+        self._lists: dict[str | None, tuple[str, bytes]] = {}  # index owner -> (version, /task/list body)
+        self._lists_lock = threading.Lock()
 
     # --- workers, engines, options --------------------------------------------------------
     def live_workers(self) -> list[dict[str, Any]]:
@@ -206,6 +210,8 @@ class Node:
             # the claim enforces the limit (workers/pipeline.py); here the task only reports that it waits
             base = decide
             decide = lambda active: (base(active)[0], TaskStatus.QUEUED)  # noqa: E731
+        # durable before the task exists: a committed task's inputs survive a power loss
+        self.store.make_durable(inputs_prefix(uuid))
         record = self.tasks.commit_session(uuid, decide, run_id, {"enqueuedAt": now_ms()})
         metrics.count(self.tasks.r, "tasks_created")
         event(
@@ -235,6 +241,48 @@ class Node:
         if caller.admin:
             return self.tasks.list_uuids()
         return self.tasks.list_owned(caller.user or "")
+
+    def list_json(self, caller: Caller = NODE, offset: int = 0, limit: int | None = None) -> bytes:
+        """/task/list: [{"uuid": ...}] in creation order, a page of it with `limit`; read from the index
+        (every task for the node and admins, the user's own otherwise), never by scanning records."""
+        owner = None if caller.admin else (caller.user or "")
+        if offset or limit is not None:
+            return _list_body(self.tasks.list_page(owner, offset, limit))
+        # the whole list: kept while the index does not change (a 100,000-task body takes ~0.1 s to build)
+        with self._lists_lock:
+            cached = self._lists.get(owner)
+        version, uuids = self.tasks.list_if_changed(owner, cached[0] if cached else "")
+        if uuids is None and cached is not None:
+            return cached[1]
+        body = _list_body(uuids or [])
+        if len(uuids or ()) >= LIST_CACHE_MIN:
+            with self._lists_lock:
+                self._lists.pop(owner, None)
+                self._lists[owner] = (version, body)
+                while len(self._lists) > LIST_CACHE_ENTRIES:
+                    del self._lists[next(iter(self._lists))]  # the least recently stored
+        return body
+
+    # --- the polled reads: one Redis round trip each --------------------------------------
+    def info_json(self, uuid: str, caller: Caller = NODE, with_output: int | None = None) -> bytes:
+        """/task/{uuid}/info as JSON, with the console from line `with_output` when given."""
+        record, output = self._view(uuid, caller, _INFO_READ, with_output)
+        return task_info_json(record, output)
+
+    def console(self, uuid: str, caller: Caller = NODE, start: int = 0) -> list[str]:
+        """/task/{uuid}/output: the console from line `start` (Python-slice style)."""
+        return self._view(uuid, caller, ("uuid", "owner"), start)[1] or []
+
+    def _view(
+        self, uuid: str, caller: Caller, fields: tuple[str, ...], console_from: int | None
+    ) -> tuple[dict[str, str], list[str] | None]:
+        if not _looks_like_uuid(uuid):
+            raise TaskNotFound(uuid)
+        values, lines = self.tasks.view(uuid, fields, console_from)
+        record = {k: v for k, v in values.items() if v is not None}
+        if "uuid" not in record or not caller.sees(record.get("owner")):
+            raise TaskNotFound(uuid)  # another user's task answers exactly like an unknown one
+        return record, lines
 
     def _enqueue(self, uuid: str, run_id: str, queue: str) -> None:
         self.celery.send_task(PROCESS_TASK, args=[uuid, run_id], queue=queue)
@@ -319,6 +367,18 @@ class Node:
         # every earlier run's results go: the new run writes under its own run id
         self.store.delete_prefix(results_prefix(uuid))
         self._enqueue(uuid, run_id, self.tasks.field(uuid, "queue") or QUEUE_CPU)
+
+
+_INFO_READ = ("owner", *INFO_FIELDS)
+
+# whole /task/list bodies each API process keeps: only long lists (shorter ones are cheaper to rebuild), of
+# the last few indexes read (the node's and a few users')
+LIST_CACHE_MIN = 1000
+LIST_CACHE_ENTRIES = 4
+
+
+def _list_body(uuids: list[str]) -> bytes:
+    return orjson.dumps([{"uuid": uuid} for uuid in uuids])
 
 
 def wake_deferred(tasks: TaskStore, celery: Celery, owner: str) -> int:

@@ -18,7 +18,9 @@ from shared.safety import redact_text
 PREFIX = "ODM_FARM_"
 # ODM_FARM_* variables that are not settings but are read elsewhere (the simulate engine's test controls,
 # the node URL of the `odm-farm submit/tasks/...` client, odm_farm/client.py)
-OTHER_VARIABLES = frozenset({"ODM_FARM_SIMULATE_EXIT", "ODM_FARM_SIMULATE_CACHE", "ODM_FARM_URL"})
+OTHER_VARIABLES = frozenset(
+    {"ODM_FARM_SIMULATE_EXIT", "ODM_FARM_SIMULATE_CACHE", "ODM_FARM_SIMULATE_STAGE_MB", "ODM_FARM_URL"}
+)
 
 
 class SettingsError(ValueError):
@@ -164,6 +166,14 @@ class Settings:
         100000,
         _positive_int,
         help="console lines kept per run: the first ones, then the last 1000 at its end",
+    )
+    checkpoints: bool = _setting(
+        True, _bool, help="save the project folder to the object store after each ODM stage; resume from it"
+    )
+    checkpoint_max_mb: int | None = _setting(
+        None,
+        _optional_int,
+        help="MB of project folder a task's checkpoints may hold; over it they stop; 0 = no cap",
     )
     api_workers: int = _setting(2, _positive_int, help="gunicorn worker processes")
     accounts: bool = _setting(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +121,9 @@ return {1, tonumber(cur)}
 
 # KEYS: task ; ARGV: progress. Progress only grows, and only while the task runs.
 _PROGRESS = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'progress')
+local st = redis.call('HMGET', KEYS[1], 'status', 'progress', 'runId')
 if st[1] ~= '20' then return 0 end
+if ARGV[2] ~= '' and st[3] ~= ARGV[2] then return 0 end
 local cur = tonumber(st[2] or '0')
 local new = tonumber(ARGV[1])
 if new > cur then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) return 1 end
@@ -207,6 +208,23 @@ redis.call('HDEL', KEYS[1], 'deferred')
 return 1
 """
 
+# KEYS: task, output ; ARGV: first console line ('' = no console), then field names. What the polled read
+# routes need in one command: {the fields (nil when missing)} or {the fields, the console from that line}.
+_VIEW = """
+local record = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] == '' then return {record} end
+return {record, redis.call('LRANGE', KEYS[2], ARGV[1], -1)}
+"""
+
+# KEYS: a task index (zset), seq ; ARGV: the version the caller holds. The index's version (creations so far,
+# members now: a creation raises the first, a removal lowers the second, so no change keeps both) and, unless
+# it is the caller's, every uuid: {version} or {version, uuids}.
+_LIST_IF_CHANGED = """
+local version = (redis.call('GET', KEYS[2]) or '0') .. ':' .. redis.call('ZCARD', KEYS[1])
+if version == ARGV[1] then return {version} end
+return {version, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
 _DELETE = "\0"  # a field value meaning "remove this field" in transitions
 
 
@@ -235,6 +253,8 @@ class TaskStore:
         self._renew = client.register_script(_RENEW)
         self._take = client.register_script(_TAKE_LEASE)
         self._claim_limited = client.register_script(_CLAIM_LIMITED)
+        self._view = client.register_script(_VIEW)
+        self._list_if_changed = client.register_script(_LIST_IF_CHANGED)
 
     @classmethod
     def from_url(cls, url: str, hold_seconds: float = HOLD_SECONDS) -> TaskStore:
@@ -396,6 +416,30 @@ class TaskStore:
     def list_uuids(self) -> list[str]:
         return list(self.r.zrange(Keys.tasks, 0, -1))
 
+    def list_page(self, owner: str | None = None, offset: int = 0, limit: int | None = None) -> list[str]:
+        """uuids in creation order from the index (every task, or `owner`'s): one ZRANGE of the page only."""
+        key = Keys.tasks if owner is None else Keys.user_tasks(owner)
+        if limit is not None and limit <= 0:
+            return []
+        return list(self.r.zrange(key, offset, -1 if limit is None else offset + limit - 1))
+
+    def list_if_changed(self, owner: str | None, version: str) -> tuple[str, list[str] | None]:
+        """The index's version and, unless it is still `version`, every uuid of it (as list_page)."""
+        key = Keys.tasks if owner is None else Keys.user_tasks(owner)
+        reply = self._list_if_changed(keys=[key, Keys.seq], args=[version])
+        return str(reply[0]), (list(reply[1]) if len(reply) > 1 else None)
+
+    def view(
+        self, uuid: str, fields: Sequence[str], console_from: int | None = None
+    ) -> tuple[dict[str, str | None], list[str] | None]:
+        """Some fields of a task (each None when missing) and, with `console_from`, its console from that
+        line (Python-slice style, as `output`), in one round trip: what the polled routes read."""
+        if console_from is None:
+            values = self.r.hmget(Keys.task(uuid), *fields)
+            return dict(zip(fields, values, strict=True)), None
+        replies = self._view(keys=[Keys.task(uuid), Keys.output(uuid)], args=[int(console_from), *fields])
+        return dict(zip(fields, replies[0], strict=True)), list(replies[1])
+
     def active_count(self) -> int:
         return int(self.r.scard(Keys.active))
 
@@ -514,15 +558,14 @@ class TaskStore:
         return int(self._append(keys=[Keys.task(uuid), Keys.output(uuid)], args=args)) >= 0
 
     def output(self, uuid: str, start: int = 0) -> list[str]:
-        """Lines from `start`, Python-slice style: negative = the last |start| lines."""
-        if start < 0:
-            length = self.r.llen(Keys.output(uuid))
-            start = max(0, length + start)
+        """Lines from `start`, Python-slice style: negative = the last |start| lines (LRANGE counts a
+        negative index from the end and clamps one before the first line to the first, as a slice does)."""
         return list(self.r.lrange(Keys.output(uuid), start, -1))
 
-    def set_progress(self, uuid: str, progress: float) -> bool:
+    def set_progress(self, uuid: str, progress: float, run_id: str = "") -> bool:
+        """Raise a RUNNING task's progress (never lowers it); with `run_id`, only while that run is the task's."""
         progress = min(100.0, max(0.0, float(progress)))
-        return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2)]))
+        return bool(self._progress(keys=[Keys.task(uuid)], args=[round(progress, 2), run_id]))
 
     # --- leases ---------------------------------------------------------------------------
     def take_lease(self, uuid: str, run_id: str, seconds: float) -> bool:

@@ -9,6 +9,7 @@ import os
 import shutil
 from collections import deque
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from shared.events import event
 from shared.models import TaskStatus, exit_code_message
 from shared.node import inputs_prefix, results_prefix, task_prefix, wake_deferred
 from shared.safety import redact_text, redact_url
+from shared.storage.base import StorageError
 from shared.taskstore import now_ms
-from workers import files
+from workers import checkpoints, files, resume
 from workers.postprocess import postprocess
-from workers.progress import ENGINE_SHARE, StageProgress
+from workers.progress import ANSI, ENGINE_SHARE, STAGE_LINE, StageProgress
 from workers.runner import Flusher, Run
-from workers.runtime import KEPT_MARKER, SHUTDOWN, Job, WorkerRuntime
+from workers.runtime import KEPT_MARKER, RUN_ID_VARIABLE, SHUTDOWN, Job, WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
         _push(rt, job, lines, first)
         value = stages.feed(lines)  # progress even when ODM's datagrams go to another listener on the host
         if value is not None:
-            rt.tasks.set_progress(job.uuid, value * ENGINE_SHARE)
+            rt.tasks.set_progress(job.uuid, value * ENGINE_SHARE, run_id=job.run_id)
 
     out = Flusher(send, limit=rt.settings.console_max_lines)
     out.start()
@@ -145,16 +147,26 @@ def _run(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path) -> 
             raise
         raise Failed(_no_space(rt, workdir)) from None
     finally:
+        _stop_checkpoints(job)  # a checkpoint in flight is abandoned: the previous one stays whole
         out.close(5.0 if job.cancelled.is_set() else CONSOLE_DRAIN_SECONDS)
 
 
 def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path, out: Flusher) -> str:
+    project, input_flags = _prepare(rt, job, record, workdir, out)
+    _run_engine(rt, job, record, workdir, project, input_flags, out)
+    return _finish(rt, job, record, workdir, project, out)
+
+
+def _prepare(
+    rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path, out: Flusher
+) -> tuple[Path, dict[str, Path]]:
+    """The scratch folder with the task's inputs placed in its project folder; returns that folder and the
+    input files ODM takes as flags (gcp, geo...)."""
     uuid = job.uuid
     say = out.write
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "worker.pid").write_text(str(os.getpid()))
-    inputs, root = workdir / "inputs", workdir / "project"
-    project = root / uuid
+    inputs, project = workdir / "inputs", workdir / "project" / uuid
     inputs.mkdir()
     project.mkdir(parents=True)
     attempt = int(record.get("attempt") or 1)
@@ -180,20 +192,44 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
     if limit is not None and placed.images_count > limit:
         raise Failed(f"{placed.images_count} images uploaded, but this node can only process up to {limit}.")
     rt.tasks.update(uuid, run_id=job.run_id, imagesCount=placed.images_count)
+    return project, placed.input_flags
 
+
+def _run_engine(
+    rt: WorkerRuntime,
+    job: Job,
+    record: dict[str, str],
+    workdir: Path,
+    project: Path,
+    input_flags: dict[str, Path],
+    out: Flusher,
+) -> None:
+    """Run the engine over the project folder: resumed from the task's checkpoint when it has a usable one,
+    saving a new checkpoint after each stage that ends."""
+    say = out.write
     options = _engine_options(rt, record, say)
-    command = rt.engine.command(options, root, uuid, placed.input_flags)
-    console_file = project / "task_output.txt"
+    resumed = _resume(rt, job, record, project, say)
+    if resumed.rerun_from:
+        options = resume.with_rerun_from(options, resumed.rerun_from)
+    command = rt.engine.command(options, project.parent, job.uuid, input_flags)
+    command.env[RUN_ID_VARIABLE] = job.run_id  # progress datagrams of a superseded run are told apart
     engine_tail: deque[str] = deque(maxlen=NO_SPACE_TAIL)
+    saver = _checkpointer(rt, job, record, project, say, resumed)
 
     def engine_console(lines: list[str]) -> None:
         engine_tail.extend(lines)
         out.write(lines)
+        if saver is not None:
+            for stage in finished_stages(lines):
+                saver.stage_finished(stage)
 
-    run = Run(command, engine_console, console_file, workdir / "engine.pgid")
+    run = Run(command, engine_console, project / "task_output.txt", workdir / "engine.pgid")
     job.run = run
     _check(job)
     _stage(rt, job, "engine")
+    if saver is not None:
+        saver.start()
+        job.checkpointer = saver
     try:
         run.start()
     except OSError as exc:
@@ -206,22 +242,30 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
             raise Failed(_no_space(rt, workdir))
         raise Failed(exit_code_message(code if code > 0 else 128 - code))
 
+
+def _finish(
+    rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Path, project: Path, out: Flusher
+) -> str:
+    """Post-process, zip and store the results, then COMPLETED."""
+    uuid = job.uuid
+    say = out.write
     if record.get("skipPostProcessing") != "1":
         _stage(rt, job, "postprocessing")
         postprocess(project, lambda text: say([text]), adopt=lambda tool: _adopt(job, tool))
-    rt.tasks.set_progress(uuid, 93)
+    rt.tasks.set_progress(uuid, 93, run_id=job.run_id)
     _check(job)
 
     zip_path = workdir / "all.zip"
     outputs = json.loads(record["outputs"]) if record.get("outputs") else None
     say(["Compressing all.zip"])
     _stage(rt, job, "zipping")
+    _stop_checkpoints(job)  # the last one in flight may still finish while post-processing ran
     out.release()
     if not out.drain(CONSOLE_DRAIN_SECONDS):
         raise Failed("Could not store the console (Redis unavailable)")
-    _write_console(rt, job, console_file)
+    _write_console(rt, job, project / "task_output.txt")
     files.build_all_zip(project, zip_path, outputs, check=lambda: _check(job))
-    rt.tasks.set_progress(uuid, 97)
+    rt.tasks.set_progress(uuid, 97, run_id=job.run_id)
     _check(job)
     _stage(rt, job, "storing results")
     _store_results(rt, job, project, workdir, zip_path)
@@ -253,6 +297,124 @@ def _run_steps(rt: WorkerRuntime, job: Job, record: dict[str, str], workdir: Pat
         seconds=(ended - started) / 1000,
     )
     return "completed"
+
+
+# --- checkpoints and resume ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The checkpoint a run continues from (None: it starts over) and the stage it reruns from."""
+
+    manifest: checkpoints.Manifest | None = None
+    rerun_from: str | None = None
+
+
+def finished_stages(lines: list[str]) -> list[str]:
+    """The ODM stages whose "Finished <stage> stage" line is among `lines`, in order."""
+    found = []
+    for line in lines:
+        match = STAGE_LINE.search(ANSI.sub("", line))
+        if match and match.group(1) == "Finished" and match.group(2) in resume.STAGES:
+            found.append(match.group(2))
+    return found
+
+
+def _resume(rt: WorkerRuntime, job: Job, record: dict[str, str], project: Path, say: Any) -> Resumed:
+    """Restore the task's last complete checkpoint into `project` when the run can continue from it.
+
+    A checkpoint that cannot be used is never an error: the run starts over, and the console says why.
+    """
+    if not rt.settings.checkpoints:
+        return Resumed()
+    try:
+        manifest = checkpoints.load(rt.store, job.uuid)
+    except checkpoints.CheckpointError as exc:
+        return _start_over(rt, job, say, f"The checkpoint cannot be used ({exc})", drop=True)
+    except StorageError as exc:
+        return _start_over(rt, job, say, f"The checkpoint could not be read ({exc})", drop=False)
+    if manifest is None:
+        return Resumed()
+    after = f"The checkpoint after stage {manifest.stage}"
+    engine = rt.engine_info.name if rt.engine_info else rt.engine.name
+    if manifest.engine != engine:
+        return _start_over(rt, job, say, f"{after} was made by the {manifest.engine} engine", drop=True)
+    table = (rt.engine_info.rerun_stages if rt.engine_info else None) or resume.load_table()
+    options = json.loads(record.get("options") or "[]")
+    chosen = resume.plan(manifest.stage, manifest.options, options, table)
+    if chosen.rerun_from is None:
+        return _start_over(rt, job, say, f"{after} does not apply: {chosen.reason}", drop=True)
+    try:
+        restored = checkpoints.restore(rt.store, manifest, project, stop=job.cancelled.is_set)
+    except checkpoints.Stopped:
+        raise Stop() from None
+    except checkpoints.CheckpointError as exc:
+        return _start_over(rt, job, say, f"{after} cannot be used ({exc})", drop=True)
+    except StorageError as exc:
+        return _start_over(rt, job, say, f"{after} could not be read ({exc})", drop=False)
+    say(
+        [
+            f"Resuming from checkpoint after stage {manifest.stage} (saved at {checkpoints.saved_at_text(manifest)}, "
+            f"{restored / 1e6:.1f} MB restored): rerunning from stage {chosen.rerun_from} ({chosen.reason})."
+        ]
+    )
+    event(
+        log,
+        "task.resumed",
+        uuid=job.uuid,
+        worker=rt.id,
+        run=job.run_id,
+        stage=manifest.stage,
+        rerun_from=chosen.rerun_from,
+    )
+    return Resumed(manifest, chosen.rerun_from)
+
+
+def _start_over(rt: WorkerRuntime, job: Job, say: Any, why: str, drop: bool) -> Resumed:
+    say([f"{why}: starting over."])
+    event(log, "task.checkpoint_unused", uuid=job.uuid, worker=rt.id, run=job.run_id, reason=why)
+    if drop:  # it will not apply to any later run either
+        rt.store.delete_prefix(checkpoints.checkpoint_prefix(job.uuid))
+    return Resumed()
+
+
+def _checkpointer(
+    rt: WorkerRuntime, job: Job, record: dict[str, str], project: Path, say: Any, resumed: Resumed
+) -> checkpoints.Checkpointer | None:
+    if not rt.settings.checkpoints:
+        return None
+    restored = resumed.manifest.files if resumed.manifest is not None else {}
+    saved_stage = None
+    if resumed.rerun_from:  # the stages before it are in the checkpoint already
+        index = resume.STAGES.index(resumed.rerun_from)
+        saved_stage = resume.STAGES[index - 1] if index else None
+    base = checkpoints.Manifest(
+        uuid=job.uuid,
+        run=job.run_id,
+        stage=resume.STAGES[0],
+        saved_at=0,
+        engine=rt.engine_info.name if rt.engine_info else rt.engine.name,
+        options=json.loads(record.get("options") or "[]"),
+        files=dict(restored),
+    )
+    cap = rt.settings.checkpoint_max_mb
+    return checkpoints.Checkpointer(
+        rt.store,
+        base,
+        project,
+        say=lambda text: say([text]),
+        owns=lambda: rt.tasks.field(job.uuid, "runId") == job.run_id,
+        cancelled=job.cancelled,
+        max_bytes=cap * 1024 * 1024 if cap else None,
+        saved_stage=saved_stage,
+    )
+
+
+def _stop_checkpoints(job: Job) -> None:
+    saver = job.checkpointer
+    if saver is not None:
+        saver.close()
+        job.checkpointer = None
 
 
 def _stage(rt: WorkerRuntime, job: Job, stage: str) -> None:

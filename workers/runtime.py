@@ -54,6 +54,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     run: Run | None = None
     reason: str = ""
+    checkpointer: Any = None  # workers.checkpoints.Checkpointer saving this run's project folder
 
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
@@ -343,32 +344,36 @@ class WorkerRuntime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
         sock.settimeout(PROGRESS_WRITE_SECONDS / 2)
-        # the latest value per task not stored yet: Redis unavailable, or stored less than
+        # the latest value per task and run not stored yet: Redis unavailable, or stored less than
         # PROGRESS_WRITE_SECONDS ago (a burst of datagrams is one write of its highest value)
-        held: dict[str, float] = {}
-        written: dict[str, float] = {}  # when each task's progress was last stored (monotonic)
+        held: dict[tuple[str, str], float] = {}
+        written: dict[tuple[str, str], float] = {}  # when each task's progress was last stored (monotonic)
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
             except OSError:  # includes the timeout: time to store what is held
                 data = b""
-            parsed = parse_progress(data) if data else None
-            if parsed:
-                held[parsed[0]] = max(held.get(parsed[0], 0.0), parsed[1])
+            parsed = parse_datagram(data) if data else None
+            run_id = engine_run_id(parsed[1]) if parsed else None
+            if parsed and run_id:  # a datagram of no engine run of this host's workers is dropped
+                key = (parsed[0], run_id)
+                held[key] = max(held.get(key, 0.0), parsed[2])
             now = time.monotonic()
-            for uuid, value in list(held.items()):
-                if value < 100 and now - written.get(uuid, -PROGRESS_WRITE_SECONDS) < PROGRESS_WRITE_SECONDS:
+            for key, value in list(held.items()):
+                uuid, run = key
+                if value < 100 and now - written.get(key, -PROGRESS_WRITE_SECONDS) < PROGRESS_WRITE_SECONDS:
                     continue
                 try:
-                    self.tasks.set_progress(uuid, value * ENGINE_SHARE)
+                    # a superseded run's engine still running somewhere never moves the task's progress
+                    self.tasks.set_progress(uuid, value * ENGINE_SHARE, run_id=run)
                 except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
                     log.warning("progress of %s held back: %s", uuid, exc)
                     break
-                written[uuid] = now
-                if held.get(uuid) == value:
-                    del held[uuid]
+                written[key] = now
+                if held.get(key) == value:
+                    del held[key]
             if len(written) > 1000:  # forget tasks not heard from for a while
-                written = {u: t for u, t in written.items() if now - t < 60}
+                written = {k: t for k, t in written.items() if now - t < 60}
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
@@ -398,12 +403,14 @@ class WorkerRuntime:
             metrics.count(self.tasks.r, "webhook_failures")
             self._webhook_event(entry, "webhook.failed", reason=str(exc), retry=False)
             return False
-        if send_webhook(entry["url"], entry["payload"], self.settings.blocked_networks, retries=1):
+        problems: list[str] = []
+        blocked = self.settings.blocked_networks
+        if send_webhook(entry["url"], entry["payload"], blocked, retries=1, on_failure=problems.append):
             outbox.delivered(self.tasks.r, member)
             self._webhook_event(entry, "webhook.sent")
             return True
         again = outbox.failed(self.tasks.r, member)
-        self._webhook_event(entry, "webhook.failed", retry=again)
+        self._webhook_event(entry, "webhook.failed", reason=problems[-1] if problems else None, retry=again)
         return False
 
     def _webhook_event(self, entry: dict[str, Any], name: str, **fields: Any) -> None:
@@ -580,19 +587,43 @@ class WorkerRuntime:
 
 
 def parse_progress(data: bytes) -> tuple[str, float] | None:
-    """`PGUP/<pid>/<project name>/<float>` as ODM sends it; None for anything else."""
+    """`PGUP/<pid>/<project name>/<float>` as ODM sends it: (name, progress); None for anything else."""
+    parsed = parse_datagram(data)
+    return (parsed[0], parsed[2]) if parsed else None
+
+
+def parse_datagram(data: bytes) -> tuple[str, int, float] | None:
+    """`PGUP/<pid>/<project name>/<float>`: (name, pid, progress 0-100); None for anything else."""
     try:
         text = data.decode("ascii").strip()
-        tag, _pid, name, value = text.split("/", 3)
+        tag, pid, name, value = text.split("/", 3)
         if tag != "PGUP":
             return None
         uuidlib.UUID(name)
         progress = float(value)
+        sender = int(pid)
     except (UnicodeDecodeError, ValueError):
         return None
     if progress != progress:  # NaN
         return None
-    return name, min(100.0, max(0.0, progress))
+    return name, sender, min(100.0, max(0.0, progress))
+
+
+RUN_ID_VARIABLE = "ODM_FARM_RUN_ID"  # set in every engine's environment (workers/pipeline.py)
+
+
+def engine_run_id(pid: int) -> str | None:
+    """The farm run an engine process on this host belongs to, from its environment; None when it is gone
+    or no engine of ours (ODM and every process it starts inherit the variable)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = RUN_ID_VARIABLE.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode("ascii", errors="replace") or None
+    return None
 
 
 def _pid_alive(text: str) -> bool:

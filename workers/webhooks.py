@@ -26,8 +26,9 @@ def send_webhook(
     backoff: float = 1.0,
     timeout: float = 10,
     sleep: Callable[[float], Any] = time.sleep,
+    on_failure: Callable[[str], Any] | None = None,
 ) -> bool:
-    """POST `payload` to `url`; True once any 2xx answer arrives.
+    """POST `payload` to `url`; True once any 2xx answer arrives (else `on_failure` hears why, in a word).
 
     `retries` is the number of attempts (at least 1); between attempts it waits backoff, 2*backoff,
     4*backoff... (capped at MAX_BACKOFF). A URL refused by the block list is logged and never called.
@@ -39,12 +40,12 @@ def send_webhook(
         check_url(url, networks)
     except UnsafeUrl as exc:
         log.warning("webhook not sent: %s", exc)
-        return False
+        return _failed(on_failure, str(exc))
     try:
         body = json.dumps(payload).encode("utf-8")
     except (TypeError, ValueError) as exc:
         log.error("webhook %s not sent: payload cannot be encoded as JSON (%s)", shown, exc)
-        return False
+        return _failed(on_failure, "payload not JSON")
     headers = {"Content-Type": "application/json"}
     attempts = max(1, retries)
     with guarded_session(networks) as session:
@@ -60,7 +61,7 @@ def send_webhook(
                 problem = f"HTTP {response.status_code}"
             except UnsafeUrl as exc:
                 log.warning("webhook not sent: %s", exc)
-                return False
+                return _failed(on_failure, str(exc))
             except requests.RequestException as exc:
                 problem = type(exc).__name__
             if attempt < attempts:
@@ -76,4 +77,10 @@ def send_webhook(
                 sleep(delay)
             else:
                 log.error("webhook %s failed after %d attempts (%s)", shown, attempts, problem)
+    return _failed(on_failure, problem)
+
+
+def _failed(on_failure: Callable[[str], Any] | None, problem: str) -> bool:
+    if on_failure is not None:
+        on_failure(problem)
     return False

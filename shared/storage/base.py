@@ -57,7 +57,7 @@ class ObjectWriter(abc.ABC):
     """
 
     @abc.abstractmethod
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: bytes | memoryview) -> int: ...
 
     def finish(self) -> None:  # noqa: B027 - a no-op for writers that hold nothing open
         """No more writes; release open files. commit() or abort() still follows."""
@@ -154,3 +154,6 @@ class ObjectStore(abc.ABC):
     def presigned_url(self, key: str, expires: int = 3600, filename: str | None = None) -> str | None:
         """A URL a client can GET (with Range) directly, or None when the store cannot give one."""
         return None
+
+    def make_durable(self, prefix: str) -> None:  # noqa: B027 - a no-op where the server sees to it (S3)
+        """Once this returns, every object committed under prefix survives a power loss."""

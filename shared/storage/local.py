@@ -39,7 +39,7 @@ class _LocalWriter(ObjectWriter):
         self._finished = False  # the temp file is complete and closed
         self._closed = False  # committed or aborted
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self._finished or self._closed:
             raise ValueError("write to a finished object writer")
         self._file.write(data)
@@ -80,6 +80,14 @@ class _LocalWriter(ObjectWriter):
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp)
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_temp(folder: Path) -> tuple[BinaryIO, str]:
@@ -188,6 +196,25 @@ class LocalStore(ObjectStore):
     def presigned_url(self, key: str, expires: int = 3600, filename: str | None = None) -> str | None:
         self._path(key)
         return None
+
+    def make_durable(self, prefix: str) -> None:
+        """Objects are fsynced when written, before their rename: fsync the folders holding the renames
+        (and, up to the root, the folders holding the folders), so that the names survive too."""
+        check_prefix(prefix)
+        folder = self._path(prefix[:-1])
+        if not folder.is_dir():
+            return
+        try:
+            for dirpath, _dirs, _files in os.walk(folder):
+                _fsync_folder(dirpath)
+            parent = folder.parent
+            while parent.is_relative_to(self.root):
+                _fsync_folder(str(parent))
+                if parent == self.root:
+                    break
+                parent = parent.parent
+        except OSError as exc:
+            raise StorageError(f"cannot make {folder} durable: {exc}") from exc
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
         check_prefix(prefix)

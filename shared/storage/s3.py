@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +38,11 @@ from shared.storage.base import (
 )
 
 PART_SIZE = 8 * 1024 * 1024
-SPOOL_MEMORY = 256 * 1024  # per upload in flight; the rest of a part waits in a temp file
+# An object up to PART_SIZE is one PUT; a bigger one a multipart upload with parts sent while it streams.
+PARTS_IN_FLIGHT = 3  # per object: parts being sent while the next one fills
+PART_THREADS = 8  # per store (process): threads sending parts
+UPLOAD_MEMORY = 8 * 1024 * 1024  # per process: upload bytes held in memory; past it, temp files
+SPOOL_MEMORY = 256 * 1024  # an object this small always waits in memory for its PUT
 MAX_PARTS = 10_000
 _DELETE_BATCH = 1000
 _Listing = list[
@@ -87,17 +94,118 @@ def content_disposition(filename: str) -> str:
     return value
 
 
+class _MemoryBudget:
+    """Bytes of uploads this process may hold in memory at once; past it, a part waits in a temp file."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, amount: int) -> bool:
+        with self._lock:
+            if self.used + amount > self.limit:
+                return False
+            self.used += amount
+            return True
+
+    def give(self, amount: int) -> None:
+        with self._lock:
+            self.used -= amount
+
+
+_MEMORY = _MemoryBudget(UPLOAD_MEMORY)
+_PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS  # private: it can grow (a shared one cannot)
+
+
+class _PartBuffer:
+    """The bytes of one part (or of a whole small object): in memory while the process's budget allows,
+    then in a temporary file. An object up to SPOOL_MEMORY stays in memory whatever the budget.
+
+    The memory is an anonymous mmap of the part's size: pages are only used as they are written, and
+    they go back to the system when the part is sent (a malloc'ed buffer of megabytes would stay in the
+    allocator's arenas, one per thread, and the API's memory would only grow)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        # mapped small, grown as bytes come: many small parts reserve little address space
+        self.memory: mmap.mmap | None = mmap.mmap(-1, min(capacity, SPOOL_MEMORY), flags=_PRIVATE)
+        self.file: Any = None
+        self.path = ""  # the temporary file, once the part no longer fits in memory
+        self.size = 0
+        self.taken = 0  # bytes of the budget this buffer holds
+
+    def add(self, data: memoryview) -> None:
+        if self.memory is not None:
+            end = self.size + len(data)
+            if end <= SPOOL_MEMORY or _MEMORY.take(len(data)):
+                if end > SPOOL_MEMORY:
+                    self.taken += len(data)
+                if end > len(self.memory):
+                    self.memory.resize(min(self.capacity, max(end, 2 * len(self.memory))))
+                self.memory.write(data)
+                self.size = end
+                return
+            self._spill()
+        self.file.write(data)
+        self.size += len(data)
+
+    def _spill(self) -> None:
+        assert self.memory is not None
+        fd, self.path = tempfile.mkstemp(prefix="odm-farm-upload-")
+        self.file = os.fdopen(fd, "w+b")
+        self.file.write(memoryview(self.memory)[: self.size])
+        self._drop_memory()
+
+    def close_file(self) -> None:
+        """No more bytes: close the temporary file (it is opened again to be sent)."""
+        if self.file is not None:
+            self.file.close()
+
+    def body(self) -> Any:
+        """What boto3 sends: a file-like object from the start of the part's bytes."""
+        if self.memory is not None:
+            if self.size:
+                self.memory.resize(self.size)  # its end is the part's end (an mmap cannot be 0 bytes)
+            self.memory.seek(0)
+            return self.memory if self.size else b""
+        if self.file.closed:
+            self.file = open(self.path, "rb")  # noqa: SIM115 - closed by release()
+        self.file.flush()
+        self.file.seek(0)
+        return self.file
+
+    def release(self) -> None:
+        self._drop_memory()
+        if self.file is not None:
+            self.file.close()
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = ""
+
+    def _drop_memory(self) -> None:
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        if self.taken:
+            _MEMORY.give(self.taken)
+            self.taken = 0
+
+
 class _S3Writer(ObjectWriter):
-    """Spools one part (in memory up to SPOOL_MEMORY, then on disk): a small object is one PUT, a bigger one
-    a multipart upload fed part by part as data arrives. Memory stays flat whatever the object's size."""
+    """An object up to PART_SIZE is one PUT at commit; a bigger one is a multipart upload whose parts are
+    sent by the store's thread pool while the rest still streams in (PARTS_IN_FLIGHT at most per object).
+    Memory is bounded: parts in memory come out of the process's UPLOAD_MEMORY budget, the rest waits in
+    temporary files. A failed part aborts the whole multipart upload: nothing is left behind."""
 
     def __init__(self, store: S3Store, key: str) -> None:
         self._store = store
         self._key = key
         self._full = store._full(key)
-        self._spool: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 - closed in commit/abort
-        self._spooled = 0  # bytes of the current part in the spool
+        self._buffer = _PartBuffer(PART_SIZE)
         self._upload_id: str | None = None
+        self._sending: list[tuple[int, Future[str], _PartBuffer]] = []  # parts in flight, oldest first
         self._parts: list[dict[str, Any]] = []
         self._size = 0
         self._finished = False
@@ -105,67 +213,80 @@ class _S3Writer(ObjectWriter):
 
     def _part_size(self) -> int:
         # grow the part size every 1000 parts so an object never runs out of S3's 10,000 parts
-        return PART_SIZE * (1 + len(self._parts) // 1000)
+        return PART_SIZE * (1 + (len(self._parts) + len(self._sending)) // 1000)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self._closed or self._finished:
             raise ValueError("write to a finished object writer")
         view = memoryview(data)
-        while view:
-            room = self._part_size() - self._spooled
-            self._spool.write(view[:room])
-            taken = min(room, len(view))
-            self._spooled += taken
-            view = view[taken:]
-            if self._spooled >= self._part_size():
-                self._send_part()
-        self._size += len(data)
-        return len(data)
-
-    def _rewind(self) -> None:
-        self._spool.flush()
-        self._spool.seek(0)
-
-    def _send_part(self) -> None:
-        store = self._store
         try:
-            with store._errors(f"upload of {self._key!r}"):
-                if self._upload_id is None:
-                    created = store._client.create_multipart_upload(
-                        Bucket=store.bucket, Key=self._full, **store._put_args()
-                    )
-                    self._upload_id = created["UploadId"]
-                number = len(self._parts) + 1
-                if number > MAX_PARTS:
-                    raise StorageError(f"object {self._key!r} is too large for one S3 upload")
-                self._rewind()
-                sent = store._client.upload_part(
-                    Bucket=store.bucket,
-                    Key=self._full,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=self._spool,
-                    ContentLength=self._spooled,
-                )
-                self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-            self._spool.seek(0)
-            self._spool.truncate()
-            self._spooled = 0
+            while view:
+                if self._buffer.size >= self._part_size():
+                    self._send_part()  # only when more follows: an object of exactly PART_SIZE is one PUT
+                room = self._part_size() - self._buffer.size
+                self._buffer.add(view[:room])
+                view = view[room:]
         except BaseException:
             self.abort()
             raise
+        self._size += len(data)
+        return len(data)
+
+    def _send_part(self) -> None:
+        """Hand the current buffer to the thread pool as the next part; wait while too many are in flight."""
+        store = self._store
+        if self._upload_id is None:
+            with store._errors(f"upload of {self._key!r}"):
+                created = store._client.create_multipart_upload(
+                    Bucket=store.bucket, Key=self._full, **store._put_args()
+                )
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + len(self._sending) + 1
+        if number > MAX_PARTS:
+            raise StorageError(f"object {self._key!r} is too large for one S3 upload")
+        buffer = self._buffer
+        future = store._pool().submit(self._upload_part, self._upload_id, number, buffer)
+        self._sending.append((number, future, buffer))
+        self._buffer = _PartBuffer(self._part_size())
+        while len(self._sending) >= PARTS_IN_FLIGHT:
+            self._wait_oldest()
+
+    def _upload_part(self, upload_id: str, number: int, buffer: _PartBuffer) -> str:
+        try:
+            with self._store._errors(f"upload of {self._key!r}"):
+                sent = self._store._client.upload_part(
+                    Bucket=self._store.bucket,
+                    Key=self._full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=buffer.body(),
+                    ContentLength=buffer.size,
+                )
+            return str(sent["ETag"])
+        finally:
+            buffer.release()
+
+    def _wait_oldest(self) -> None:
+        number, future, _buffer = self._sending[0]
+        etag = future.result()  # a failed part raises here; the caller aborts
+        self._sending.pop(0)
+        self._parts.append({"PartNumber": number, "ETag": etag})
 
     def finish(self) -> None:
-        """A small object stays in memory (the spool holds no file below SPOOL_MEMORY) for one PUT at
-        commit; a bigger one sends its last part now and closes the spool, so no file stays open."""
+        """Send what is left of a multipart upload. An object up to PART_SIZE waits for its PUT at commit,
+        in memory or in its closed temporary file: a request of many parts holds no open file per part."""
         if self._closed or self._finished:
             return
+        try:
+            self._buffer.close_file()
+            if self._upload_id is not None and (self._buffer.size or not (self._parts or self._sending)):
+                self._send_part()
+            while self._sending:
+                self._wait_oldest()
+        except BaseException:
+            self.abort()
+            raise
         self._finished = True
-        if self._upload_id is None and self._spooled <= SPOOL_MEMORY:
-            return
-        if self._spooled or not self._parts:
-            self._send_part()
-        self._spool.close()
 
     def commit(self) -> int:
         if self._closed:
@@ -173,18 +294,16 @@ class _S3Writer(ObjectWriter):
         store = self._store
         try:
             if self._upload_id is None:
-                self._rewind()
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.put_object(
                         Bucket=store.bucket,
                         Key=self._full,
-                        Body=self._spool,
-                        ContentLength=self._spooled,
+                        Body=self._buffer.body(),
+                        ContentLength=self._buffer.size,
                         **store._put_args(),
                     )
             else:
-                if not self._finished and (self._spooled or not self._parts):
-                    self._send_part()
+                self.finish()
                 with store._errors(f"upload of {self._key!r}"):
                     store._client.complete_multipart_upload(
                         Bucket=store.bucket,
@@ -196,12 +315,19 @@ class _S3Writer(ObjectWriter):
             self.abort()
             raise
         self._closed = True
-        self._spool.close()
+        self._buffer.release()
         return self._size
 
     def abort(self) -> None:
         self._closed = True
-        self._spool.close()
+        self._buffer.release()
+        for _number, future, buffer in self._sending:
+            if future.cancel():
+                buffer.release()
+            else:
+                with contextlib.suppress(Exception):
+                    future.result()  # a part still being sent: wait, so the abort below is the last word
+        self._sending = []
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             # best effort: a failed abort leaves an invisible upload that a bucket lifecycle rule reaps
@@ -271,6 +397,17 @@ class S3Store(ObjectStore):
         self._transfer = TransferConfig(
             multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=8, use_threads=True
         )
+        self._parts_pool: ThreadPoolExecutor | None = None
+        self._parts_pool_pid = 0
+        self._parts_pool_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that send the parts of streamed uploads (made in this process: not kept over a fork)."""
+        with self._parts_pool_lock:
+            if self._parts_pool is None or self._parts_pool_pid != os.getpid():
+                self._parts_pool = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3-parts")
+                self._parts_pool_pid = os.getpid()
+            return self._parts_pool
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"

@@ -57,7 +57,7 @@ def test_the_client_socket_is_shut_down(app: Flask) -> None:
     client.close()
 
 
-@pytest.mark.parametrize("path", ["/ready", "/metrics", "/workers"])
+@pytest.mark.parametrize("path", ["/ready", "/metrics", "/workers", "/farm"])
 def test_operator_routes_answer_503_at_once(app: Flask, path: str) -> None:
     start = time.monotonic()
     response = app.test_client().get(path)
@@ -71,3 +71,5 @@ def test_routes_without_redis_answer_during_the_outage(app: Flask) -> None:
     ready = app.test_client().get("/ready")
     assert ready.status_code == 503 and ready.get_json()["failed"] == ["redis", "workers"]
     assert app.test_client().get("/auth/info").get_json()["loginUrl"] is None
+    page = app.test_client().get("/")  # the web app loads, then tells the user that updates fail
+    assert page.status_code == 200 and page.mimetype == "text/html"

@@ -139,7 +139,7 @@ def test_a_many_part_upload_does_not_hold_a_file_open_per_part(limited: Farm) ->
     def body() -> Iterator[bytes]:
         for i in range(parts):
             yield part("images", f"img{i:03d}.jpg", jpeg(1000))
-        # most parts are in the API's hands (their temporary objects exist; the server reads in 64 KB
+        # most parts are in the API's hands (their temporary objects exist; the server reads in 256 KB
         # blocks, so the last few may wait) and the request is still open
         wait_until(lambda: inputs.exists() and len(list(inputs.iterdir())) >= parts - 100, 20,
                    "the API did not receive the parts")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def test_submit_wait_download_extracts_the_results(farm: Farm, tmp_path: Path) -
     shown = odm("info", uuid, farm=farm).stdout
     assert "dsm=true" in shown and "orthophoto-resolution=2.5" in shown and "name        from the shell" in shown
     assert "Uploading" in result.stderr and "Completed" in result.stderr and "Downloading all.zip" in result.stderr
+    # the transfer bars count bytes: 2 images of 20,004 bytes, and the archive's size
+    assert re.search(r"Uploading 2 files .*100%.* 40\.0/40\.0 kB", result.stderr), result.stderr
+    size = len(archive.content) / 1000
+    assert re.search(rf"Downloading all\.zip .*100%.* {size:.1f}/{size:.1f} kB", result.stderr), result.stderr
     running = submit_slow(farm, tmp_path, 30)
     early = odm("download", running, str(tmp_path / "early"), farm=farm)
     assert early.returncode == 1 and "only a COMPLETED task has results to download" in early.stderr
@@ -352,14 +357,18 @@ def test_submit_wait_and_logs_follow_ride_out_an_api_restart(farm: Farm, tmp_pat
     uuid = submit_slow(farm, tmp_path, 4)
     waiting = start("submit", *make_images(tmp_path / "more", 1), "--wait", "--interval", "0.2", farm=farm)
     following = start("logs", uuid, "--follow", "--interval", "0.2", farm=farm)
-    assert waiting.stdout is not None
+    assert waiting.stdout is not None and following.stdout is not None
     created = waiting.stdout.readline().strip()  # uploaded: the client is waiting now
     assert created
+    first = following.stdout.readline()  # following: it reached the node (a node never reached is an error)
     wait_until(lambda: task_info(farm, uuid)["status"]["code"] == 20, 10)
     farm.apis[0].stop()
     time.sleep(2)  # both clients find the API gone meanwhile
     farm.start_api(port=farm.ports[0])
-    out, err = following.communicate(timeout=60)
+    out = first + following.stdout.read()  # not communicate(): it would skip what readline() buffered
+    assert following.stderr is not None
+    err = following.stderr.read()
+    following.wait(60)
     assert following.returncode == 0, err
     assert out.splitlines() == farm.get(f"/task/{uuid}/output").json(), "every line once, across the restart"
     _, err = waiting.communicate(timeout=60)

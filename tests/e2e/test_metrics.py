@@ -138,6 +138,7 @@ def test_metrics_ready_and_event_logs_after_known_activity(farm_factory: Any, tm
     assert stages[:2] == ["fetching inputs", "engine"] and stages[-1] == "storing results"
     hook = [e for e in worker_events if e["event"] == "webhook.failed"]
     assert len(hook) == 1 and hook[0]["uuid"] == failing and hook[0]["url"] == dead_hook
+    assert hook[0]["reason"] == "ConnectionError" and hook[0]["worker"] == "worker1", hook
 
     # no token in any line of any log
     for process in [*farm.apis, *farm.workers]:
@@ -151,6 +152,14 @@ def test_metrics_ready_and_event_logs_after_known_activity(farm_factory: Any, tm
     assert "odm_farm_worker_free_disk_bytes" not in names(found)
     assert "odm_farm_worker_scratch_free_bytes" not in names(found)
     assert value(found, "odm_farm_tasks_created_total") == 4, "counters outlive the processes"
+
+    # an object store that cannot be written is named too (a file where the storage folder was)
+    storage = Path(farm.env["ODM_FARM_STORAGE_DIR"])
+    storage.rename(storage.with_name("storage-away"))
+    storage.write_text("not a folder")
+    ready = requests.get(farm.url + "/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json()["failed"] == ["store", "workers"], ready.text
+    assert "not writable" in ready.json()["checks"]["store"]
 
 
 def test_the_node_token_opens_metrics_when_no_metrics_token_is_set(farm: Farm) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from pyodm.types import TaskStatus
 
 from tests.e2e.helpers import (
@@ -78,6 +79,18 @@ def test_two_workers_on_s3_with_two_api_replicas(farm_factory, s3_server, tmp_pa
     assert via_redirect.read_bytes() == first.read_bytes()
     ranged = requests.get(answer.headers["Location"], headers={"Range": "bytes=10-19"}, timeout=30)
     assert ranged.status_code == 206 and ranged.content == first.read_bytes()[10:20]
+
+    # what the redirects handed to the store shows in /metrics: the whole file, or the range asked
+    def redirected() -> float:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", params=farm.params(), timeout=30).text
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "odm_farm_download_redirected_bytes_total")
+
+    before = redirected()
+    url = f"http://127.0.0.1:{port}/task/{tasks[0].uuid}/download/all.zip"
+    for headers in ({}, {"Range": "bytes=10-19"}):
+        requests.get(url, params=farm.params(), headers=headers, allow_redirects=False, timeout=30)
+    assert redirected() - before == first.stat().st_size + 10
 
 
 def test_one_upload_split_across_replicas(farm_factory, s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -59,6 +59,9 @@ def test_sigterm_hands_the_task_back_at_once_and_never_counts_as_an_attempt(farm
         wait_until(lambda o=owner, r=run: claimed_by_other(farm, task.uuid, o, r), 5,
                    f"hand-over not taken within 5 s\n{farm.logs()}")
         assert field(farm, task.uuid, "attempt") == "1", "a clean stop is not an attempt"
+        assert f"event=task.handed_over uuid={task.uuid} worker={owner} run={run}" in victim.log.read_text(), (
+            "the stopping worker logs the hand-over"
+        )
     info = wait_status(farm, task.uuid, (COMPLETED, FAILED, CANCELED), timeout=60)
     assert info["status"]["code"] == COMPLETED, info
     console = farm.get(f"/task/{task.uuid}/output").json()

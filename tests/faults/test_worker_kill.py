@@ -66,6 +66,8 @@ def test_worker_killed_at_random_moments_loses_nothing(module_farms: Any, tmp_pa
             "the task must complete on the surviving worker"
         )
         assert info["imagesCount"] == 12
+        logs = "".join(p.log.read_text(errors="replace") for p in [*farm.apis, *farm.workers])
+        assert f"event=task.handed_over uuid={uuid} worker={entry['killed']}" in logs, "the takeover is logged"
         drops = client.backwards(uuid)
         assert drops == [], f"{uuid}: progress went backwards for the client: {drops}"
         spans = runs.runs(uuid)

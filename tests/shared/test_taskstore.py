@@ -461,6 +461,14 @@ def test_progress_is_ignored_unless_running(store: TaskStore, status: TaskStatus
     assert store.get(uuid)["progress"] == before
 
 
+def test_progress_of_another_run_is_ignored(store: TaskStore) -> None:
+    uuid, run_id = make_task(store, S.RUNNING)
+    assert not store.set_progress(uuid, 60, run_id="superseded-run")
+    assert float(store.get(uuid)["progress"]) == 0
+    assert store.set_progress(uuid, 30, run_id=run_id)
+    assert float(store.get(uuid)["progress"]) == 30
+
+
 def test_progress_of_a_missing_task_creates_nothing(store: TaskStore) -> None:
     assert not store.set_progress(new_uuid(), 42)
     assert dump(store.r) == {}

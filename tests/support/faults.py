@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import requests
@@ -182,27 +182,15 @@ class RunSpan:
     last: float
 
 
-class RunMonitor:
-    """Samples which runs of the given tasks are alive, every `interval` seconds.
+class _Poller:
+    """Calls `_poll()` every `interval` seconds in a daemon thread, from `with` entry to exit."""
 
-    A run is alive while its scratch folder exists and the worker process named in its worker.pid is alive,
-    or while its engine process group has a live member. Two runs of one task alive in the same sample is an
-    overlap: the task ran twice at once.
-    """
-
-    def __init__(self, farm: Farm, uuids: Iterable[str] = (), interval: float = 0.02) -> None:
-        self.farm = farm
-        self.uuids = set(uuids)
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.spans: dict[tuple[str, str], RunSpan] = {}
-        self.overlaps: list[tuple[float, str, list[str]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def watch(self, uuid: str) -> None:
-        self.uuids.add(uuid)
-
-    def __enter__(self) -> RunMonitor:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -212,17 +200,42 @@ class RunMonitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            now = time.monotonic()
-            live: dict[str, list[str]] = {}
-            for folder in self.farm.root.glob("*/scratch/*-*"):
-                uuid, _, run_id = folder.name.rpartition("-")
-                if uuid in self.uuids and _run_alive(folder):
-                    live.setdefault(uuid, []).append(run_id)
-                    span = self.spans.setdefault((uuid, run_id), RunSpan(uuid, run_id, now, now))
-                    span.last = now
-            for uuid, runs in live.items():
-                if len(runs) > 1:
-                    self.overlaps.append((now, uuid, sorted(runs)))
+            self._poll()
+
+    def _poll(self) -> None:
+        raise NotImplementedError
+
+
+class RunMonitor(_Poller):
+    """Samples which runs of the given tasks are alive, every `interval` seconds.
+
+    A run is alive while its scratch folder exists and the worker process named in its worker.pid is alive,
+    or while its engine process group has a live member. Two runs of one task alive in the same sample is an
+    overlap: the task ran twice at once.
+    """
+
+    def __init__(self, farm: Farm, uuids: Iterable[str] = (), interval: float = 0.02) -> None:
+        super().__init__(interval)
+        self.farm = farm
+        self.uuids = set(uuids)
+        self.spans: dict[tuple[str, str], RunSpan] = {}
+        self.overlaps: list[tuple[float, str, list[str]]] = []
+
+    def watch(self, uuid: str) -> None:
+        self.uuids.add(uuid)
+
+    def _poll(self) -> None:
+        now = time.monotonic()
+        live: dict[str, list[str]] = {}
+        for folder in self.farm.root.glob("*/scratch/*-*"):
+            uuid, _, run_id = folder.name.rpartition("-")
+            if uuid in self.uuids and _run_alive(folder):
+                live.setdefault(uuid, []).append(run_id)
+                span = self.spans.setdefault((uuid, run_id), RunSpan(uuid, run_id, now, now))
+                span.last = now
+        for uuid, runs in live.items():
+            if len(runs) > 1:
+                self.overlaps.append((now, uuid, sorted(runs)))
 
     def runs(self, uuid: str) -> list[RunSpan]:
         return sorted((s for s in self.spans.values() if s.uuid == uuid), key=lambda s: s.first)
@@ -245,47 +258,36 @@ class Sample:
     progress: float
 
 
-class ProgressRecorder:
+class ProgressRecorder(_Poller):
     """Polls /task/{uuid}/info like a client (every `interval` s) and keeps what it saw."""
 
     def __init__(self, farm: Farm, uuids: Iterable[str] = (), interval: float = 0.05) -> None:
+        super().__init__(interval)
         self.farm = farm
         self.uuids = list(uuids)
-        self.interval = interval
         self.samples: dict[str, list[Sample]] = {}
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._session = requests.Session()
 
     def watch(self, uuid: str) -> None:
         self.uuids.append(uuid)
 
-    def __enter__(self) -> ProgressRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            for uuid in list(self.uuids):
-                try:
-                    answer = self._session.get(
-                        f"{self.farm.url}/task/{uuid}/info", params=self.farm.params(), timeout=10
-                    )
-                    if answer.status_code >= 500:
-                        self.errors.append(f"{uuid}: HTTP {answer.status_code}")
-                        continue
-                    info = answer.json()
-                except (requests.RequestException, ValueError):
-                    continue  # the API may be down on purpose; a client would retry
-                if "status" in info:
-                    self.samples.setdefault(uuid, []).append(
-                        Sample(time.monotonic(), info["status"]["code"], float(info["progress"]))
-                    )
+    def _poll(self) -> None:
+        for uuid in list(self.uuids):
+            try:
+                answer = self._session.get(
+                    f"{self.farm.url}/task/{uuid}/info", params=self.farm.params(), timeout=10
+                )
+                if answer.status_code >= 500:
+                    self.errors.append(f"{uuid}: HTTP {answer.status_code}")
+                    continue
+                info = answer.json()
+            except (requests.RequestException, ValueError):
+                continue  # the API may be down on purpose; a client would retry
+            if "status" in info:
+                self.samples.setdefault(uuid, []).append(
+                    Sample(time.monotonic(), info["status"]["code"], float(info["progress"]))
+                )
 
     def backwards(self, uuid: str) -> list[tuple[float, float]]:
         """(before, after) pairs where a later answer showed less progress than an earlier one."""

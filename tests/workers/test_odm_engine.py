@@ -545,3 +545,19 @@ def test_no_gpu_is_not_invented_for_an_odm_without_it(tmp_path: Path) -> None:
     config_py = CONFIG_PY.replace('    flag(parser, "--no-gpu", "Do not use the GPU.")\n', "")
     engine = OdmEngine(make_fake_odm(tmp_path / "odm", config_py=config_py), python=sys.executable)
     assert "--no-gpu" not in engine.command([], tmp_path, "p", {}).argv
+
+
+def test_discovery_reads_odms_rerun_table_when_the_install_has_one(tmp_path: Path) -> None:
+    with_table = CONFIG_PY + (
+        "\nrerun_stages = {'orthophoto_resolution': 'odm_orthophoto', 'max_concurrency': None,"
+        " 'feature_quality': 'opensfm'}\n"
+    )
+    info = OdmEngine(make_fake_odm(tmp_path / "new", config_py=with_table), python=sys.executable).describe()
+    assert info.rerun_stages == {
+        "orthophoto-resolution": "odm_orthophoto",
+        "max-concurrency": None,
+        "feature-quality": "opensfm",
+    }
+    assert len(info.options) == len(EXPECTED_CATALOG)
+    # an install without the table: the bundled one is used (workers/resume.py)
+    assert OdmEngine(make_fake_odm(tmp_path / "old"), python=sys.executable).describe().rerun_stages is None

@@ -496,3 +496,46 @@ def test_orthophoto_cutline_writes_the_cutline_and_the_cut_and_feathered_orthoph
     plain = make_project(tmp_path, "task-2")
     assert run(engine, tmp_path, "task-2").returncode == 0
     assert not (plain / "odm_orthophoto" / "cutline.gpkg").exists()
+
+
+def test_a_resumed_run_skips_finished_stages_and_reruns_from_the_given_one(
+    tmp_path: Path, udp: socket.socket
+) -> None:
+    project = make_project(tmp_path)
+    engine = SimulateEngine(seconds=0, progress_port=udp.getsockname()[1])
+    first = run(engine, tmp_path, options={"dsm": True, "end-with": "odm_georeferencing"})
+    assert first.returncode == 0, first.stderr
+    assert "running opensfm detect_features" in first.stdout
+    assert not (project / "odm_dem").exists() and "Running odm_dem stage" not in first.stdout
+
+    resumed = run(
+        engine,
+        tmp_path,
+        options={"dsm": True, "rerun-from": "odm_dem"},
+        extra_env={"ODM_FARM_SIMULATE_STAGE_MB": "0.01"},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    out = resumed.stdout
+    assert (
+        "running opensfm detect_features" not in out and "Found existing opensfm/reconstruction.json" in out
+    )
+    assert "Nothing to do for split before --rerun-from odm_dem" in out
+    assert (project / "odm_dem" / "dsm.tif").is_file() and (
+        project / "odm_orthophoto" / "odm_orthophoto.tif"
+    ).is_file()
+    # only the stages that were computed wrote their ballast
+    ballast = sorted(p.stem for p in (project / "simulate_ballast").iterdir())
+    assert ballast == ["odm_dem", "odm_orthophoto", "odm_postprocess", "odm_report"]
+    assert (project / "simulate_ballast" / "odm_dem.bin").stat().st_size == int(0.01 * 1024 * 1024)
+
+    # --rerun-from computes that stage again even though its outputs exist; the ones before stay untouched
+    ortho = project / "odm_orthophoto" / "odm_orthophoto.tif"
+    ortho.write_bytes(b"stale")
+    dsm_mtime = (project / "odm_dem" / "dsm.tif").stat().st_mtime_ns
+    again = run(
+        engine, tmp_path, options={"dsm": True, "rerun-from": "odm_orthophoto", "end-with": "odm_orthophoto"}
+    )
+    assert again.returncode == 0, again.stderr
+    assert ortho.read_bytes().startswith(b"II*\x00")
+    assert (project / "odm_dem" / "dsm.tif").stat().st_mtime_ns == dsm_mtime
+    assert "Running odm_report stage" not in again.stdout

@@ -21,6 +21,8 @@ class EngineInfo:
     name: str  # "odm" or "simulate"
     version: str  # e.g. "3.5.0"
     options: list[dict[str, Any]]  # the /options list: exactly name, type, value, domain, help
+    # option name -> the stage a change of it reruns from (None: no stage); None: use the bundled table
+    rerun_stages: dict[str, str | None] | None = None
 
 
 @dataclass

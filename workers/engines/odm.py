@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.options import cap_max_concurrency, convert_argparse_dump
 from workers.engines.base import Command, Engine, EngineError, EngineInfo, odm_arguments
+from workers.resume import table_from_odm
 
 DISCOVER_SCRIPT = Path(__file__).with_name("odm_discover.py")
 DISCOVER_TIMEOUT = 60.0
@@ -22,6 +23,17 @@ _STDERR_TAIL_CHARS = 2000
 def _tail(text: str) -> str:
     text = text.strip()
     return text if len(text) <= _STDERR_TAIL_CHARS else "..." + text[-_STDERR_TAIL_CHARS:]
+
+
+def _rerun_stages(stdout: str) -> dict[str, str | None] | None:
+    """ODM's option -> rerun stage table from the discovery output, when the install has one."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith('{"rerunStages"'):
+            try:
+                return table_from_odm(json.loads(line)["rerunStages"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return None
+    return None
 
 
 def _last_json_object(stdout: str) -> dict[str, Any] | None:
@@ -56,6 +68,7 @@ class OdmEngine(Engine):
         self.gpu = gpu
         self.discover_timeout = discover_timeout
         self._options: list[dict[str, Any]] | None = None
+        self._rerun_stages: dict[str, str | None] | None = None
 
     # --- describing ----------------------------------------------------------------------
     def python_executable(self) -> str:
@@ -73,7 +86,9 @@ class OdmEngine(Engine):
 
     def describe(self) -> EngineInfo:
         self._options = self.discover_options()
-        return EngineInfo(name=self.name, version=self.version(), options=self._options)
+        return EngineInfo(
+            name=self.name, version=self.version(), options=self._options, rerun_stages=self._rerun_stages
+        )
 
     @property
     def options(self) -> list[dict[str, Any]]:
@@ -101,6 +116,7 @@ class OdmEngine(Engine):
                 f"Could not read ODM's options with {python} (exit code {code}): "
                 f"{_tail(stderr) or _tail(stdout) or 'no output'}"
             )
+        self._rerun_stages = _rerun_stages(stdout)
         options = convert_argparse_dump(dump)
         if not options:
             raise EngineError(f"ODM at {self.odm_path} declared no usable option")

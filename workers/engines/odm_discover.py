@@ -1,7 +1,8 @@
 """Records ODM's argparse options; run as a file with ODM's own Python: odm_discover.py <odm_path> [<tmp dir>].
 
 Prints {args[0]: {kwarg: str(value)}} for every add_argument call as JSON on the last line of stdout
-(NodeODM's odmOptionsToJson.py format). Kept free of anything newer than Python 3.6 and of any import
+(NodeODM's odmOptionsToJson.py format), and before it {"rerunStages": {...}}: ODM's table of the stage each
+option reruns from (`rerun_stages` in opendm/config.py), when the install has one. Kept free of anything newer than Python 3.6 and of any import
 from this project, because it runs inside ODM's interpreter, not ours.
 """
 
@@ -121,6 +122,10 @@ def discover(odm_path, project_path):
     if not recorded:
         sys.stderr.write("ODM's config() declared no option\n")
         return 1
+    table = getattr(module, "rerun_stages", None)
+    if isinstance(table, dict):
+        stages = {str(k): (v if isinstance(v, str) else None) for k, v in table.items()}
+        stdout.write("\n" + json.dumps({"rerunStages": stages}))
     stdout.write("\n" + json.dumps(recorded) + "\n")
     stdout.flush()
     sys.stdout = sys.stderr  # anything printed at exit must not follow the result

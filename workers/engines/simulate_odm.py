@@ -5,7 +5,8 @@
 #   python simulate_odm.py [ODM options] --project-path <root> <name>
 # Test controls: env ODM_FARM_SIMULATE_SECONDS (total duration, default 5), ODM_FARM_SIMULATE_EXIT (exit code
 # after the first stage), ODM_FARM_PROGRESS_PORT (UDP port, default 6367); an image named
-# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset; an image named
+# simulate-exit-<code>.<ext> or simulate-seconds-<n>.<ext> does the same for one dataset; ODM_FARM_SIMULATE_STAGE_MB
+# makes each computed stage write that many MB more (simulate_ballast/<stage>.bin); an image named
 # simulate-enospc.<ext> makes the openmvs stage write until the disk is "full": the write fails with ENOSPC
 # (injected after 1 MB) and the run ends with Python's traceback, as ODM does when a disk fills up.
 
@@ -409,6 +410,33 @@ class Run:
             if step < steps and end > start:
                 self.send_progress(start + (end - start) * step / steps)
 
+    def write_ballast(self, stage: str) -> None:
+        """ODM_FARM_SIMULATE_STAGE_MB: each computed stage also writes that many MB of incompressible data,
+        so that a project folder weighs something (checkpoint benchmarks)."""
+        try:
+            megabytes = float(os.environ.get("ODM_FARM_SIMULATE_STAGE_MB") or 0)
+        except ValueError:
+            megabytes = 0.0
+        if megabytes <= 0:
+            return
+        target = self.path("simulate_ballast", f"{stage}.bin")
+        left = int(megabytes * 1024 * 1024)
+        with target.open("wb") as f:
+            while left > 0:
+                chunk = os.urandom(min(left, 1024 * 1024))
+                f.write(chunk)
+                left -= len(chunk)
+
+    def read_image_list(self) -> None:
+        """Later stages open the images OpenSfM listed by absolute path: a project folder moved to another
+        path without its paths following fails here, as ODM would."""
+        listing = self.project / "opensfm" / "image_list.txt"
+        if not listing.exists():
+            return
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line and not Path(line).is_file():
+                raise MissingImage(f"Cannot open image {line}: No such file or directory")
+
     def execute(self) -> int:
         rerun_from = STAGES.index(self.args.rerun_from) if self.args.rerun_from else len(STAGES)
         last = STAGES.index(self.args.end_with)
@@ -423,14 +451,21 @@ class Run:
                     f"Found existing {outputs[0].relative_to(self.project)}, skipping {stage} "
                     f"(use --rerun-from {stage} to compute it again)",
                 )
+            elif index < rerun_from < len(STAGES) and not outputs:
+                # a stage with nothing to write (split and merge of a normal dataset, a DEM nobody asked
+                # for...) passes through at once before the stage ODM was told to rerun from
+                log("INFO", f"Nothing to do for {stage} before --rerun-from {self.args.rerun_from}")
             else:
                 if stage == "openmvs" and any((self.project / "images").glob("simulate-enospc.*")):
                     fill_disk(self)
+                if index > STAGES.index("opensfm"):
+                    self.read_image_list()
                 if stage in CHILD_STAGES:
                     self.spawn_child(CHILD_STAGES[stage])
                 self.work(stage, previous, PROGRESS[stage])
                 self.kill_children()
                 STAGE_WRITERS[stage](self)
+                self.write_ballast(stage)
             # ODM's split-merge runs a submodel's reconstruction on another node with this flag file: OpenSfM
             # stops after the reconstruction and ends the pipeline (stages/run_opensfm.py)
             stop_flag = self.project / "opensfm" / "split_merge_stop_at_reconstruction.txt"
@@ -589,6 +624,9 @@ def write_opensfm(run: Run) -> None:
         }
     ]
     write_opensfm_dataset(run, entries, cameras)
+    # as OpenSfM in ODM: the images by absolute path, read again by later stages (read_image_list)
+    images = sorted(p for p in (run.project / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    run.path("opensfm", "image_list.txt").write_text("".join(f"{p}\n" for p in images), encoding="utf-8")
     log("INFO", f"Extracted features and matched {len(entries)} images")
     run.path("opensfm", "reconstruction.json").write_text(json.dumps(reconstruction), encoding="utf-8")
     run.path("opensfm", "tracks.csv").write_text(
@@ -1094,6 +1132,10 @@ def controls(images_dir: Path, env: dict[str, str]) -> tuple[float, int | None]:
     return seconds, exit_code
 
 
+class MissingImage(Exception):
+    """An image a finished stage listed is not where it was."""
+
+
 def main(argv: list[str] | None = None) -> int:
     # a parent that ignores SIGTERM passes that on through exec; a cancel must still stop us
     signal.signal(signal.SIGTERM, on_signal)
@@ -1120,6 +1162,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args, seconds, exit_code, port)
     try:
         return run.execute()
+    except MissingImage as exc:
+        log("ERROR", str(exc))
+        return 1
     finally:
         run.kill_children()
         run.sock.close()
