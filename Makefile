@@ -43,9 +43,12 @@ format: install
 typecheck: install
 	$(BIN)/mypy api workers shared odm_farm
 
-# wrk, the load generator of the benchmarks (C, not the bottleneck): a Debian package, installed once
+# the benchmarks' own tools (not needed by make test): wrk, the load generator (C, not the bottleneck),
+# and haproxy, the scale-out benchmark's load balancer; Debian packages, installed once
 bench-tools:
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 bench: install bench-tools
 	$(BIN)/python bench/run_all.py

@@ -27,6 +27,7 @@ import bench_commit_to_complete
 import bench_download
 import bench_faults
 import bench_hot_paths
+import bench_scaleout
 import bench_upload
 import bench_webapp
 from harness import RESULTS, ROOT, fmt, machine, print_result
@@ -72,6 +73,19 @@ HEADLINES = {
         "s3_streamed_api_rss_growth_mb",
     ],
     "commit_to_complete": ["commit_to_completed_p50_ms", "processing_time_p50_ms", "dispatch_p50_ms"],
+    "scaleout": [
+        "w1_api1_tasks_per_min",
+        "w2_api1_tasks_per_min",
+        "w4_api1_tasks_per_min",
+        "w8_api1_tasks_per_min",
+        "w8_api2_tasks_per_min",
+        "w2_api1_efficiency",
+        "w1_api1_dispatch_idle_p50_ms",
+        "w1_api1_overhead_p50_ms",
+        "w2_api1_overhead_p50_ms",
+        "w8_api1_overhead_p50_ms",
+        "w1_api1_redis_ops_per_task",
+    ],
     "webapp": ["load_to_rows_ms", "open_row_p50_ms", "next_page_p50_ms", "event_loop_lag_max_ms"],
     "faults": [
         "tasks_completed",
@@ -102,6 +116,7 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
             "download": lambda: bench_download.run(100, "both"),
             "commit_to_complete": lambda: bench_commit_to_complete.run(3),
             "faults": lambda: bench_faults.run(3, redis_outage=3),
+            "scaleout": lambda: bench_scaleout.run([1, 2], tasks=6),
             "webapp": lambda: bench_webapp.run(300, rows=3),
             "checkpoints": lambda: bench_checkpoints.run(20, overhead_seconds=10, stage_mb=1, repeats=1),
         }
@@ -115,6 +130,8 @@ def benchmarks(quick: bool) -> dict[str, Runner]:
         "download": lambda: bench_download.run(500, "both"),
         "commit_to_complete": lambda: bench_commit_to_complete.run(10),
         "faults": lambda: bench_faults.run(20),
+        # its quick mode (~4 min); bench_scaleout.py --full runs 200 tasks in every round
+        "scaleout": lambda: bench_scaleout.run(),
         "webapp": lambda: bench_webapp.run(1000),
         "checkpoints": lambda: bench_checkpoints.run(),
     }

@@ -96,17 +96,20 @@ class Keys:
 # KEYS: task, active, finished, output ; ARGV: target, allowed-from csv, run id ('' = any), clear output (0/1),
 # now (s), then field/value pairs. Returns {1, old status} on success, {0, old status or -1 when missing}.
 _TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
+local st = redis.call('HMGET', KEYS[1], 'status', 'runId', 'uuid')
+local cur = st[1]
 if not cur then return {0, -1} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then allowed = true end end
 if not allowed then return {0, tonumber(cur)} end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'runId') ~= ARGV[3] then return {0, tonumber(cur)} end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
+if ARGV[3] ~= '' and st[2] ~= ARGV[3] then return {0, tonumber(cur)} end
+local set, gone = {'status', ARGV[1]}, {}
 for i = 6, #ARGV, 2 do
-  if ARGV[i + 1] == '\\0' then redis.call('HDEL', KEYS[1], ARGV[i]) else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if ARGV[i + 1] == '\\0' then gone[#gone + 1] = ARGV[i] else set[#set + 1] = ARGV[i]; set[#set + 1] = ARGV[i + 1] end
 end
-local uuid = redis.call('HGET', KEYS[1], 'uuid')
+redis.call('HSET', KEYS[1], unpack(set))
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+local uuid = st[3]
 if ARGV[1] == '10' or ARGV[1] == '20' then
   redis.call('SADD', KEYS[2], uuid); redis.call('ZREM', KEYS[3], uuid)
 else
@@ -118,10 +121,10 @@ return {1, tonumber(cur)}
 
 # KEYS: task ; ARGV: progress. Progress only grows, and only while the task runs.
 _PROGRESS = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= '20' then return 0 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'runId') ~= ARGV[2] then return 0 end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'progress') or '0')
+local st = redis.call('HMGET', KEYS[1], 'status', 'progress', 'runId')
+if st[1] ~= '20' then return 0 end
+if ARGV[2] ~= '' and st[3] ~= ARGV[2] then return 0 end
+local cur = tonumber(st[2] or '0')
 local new = tonumber(ARGV[1])
 if new > cur then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) return 1 end
 return 0
@@ -131,11 +134,12 @@ return 0
 # run or a removed task are dropped (-1). Numbered lines (1, 2, ... per run) already stored are skipped, so a
 # batch re-sent after a lost reply (a Redis restart) is stored once; the task's `consoleSeq` is "<run>:<last>".
 _APPEND = """
-if redis.call('HGET', KEYS[1], 'runId') ~= ARGV[1] then return -1 end
+local st = redis.call('HMGET', KEYS[1], 'runId', 'consoleSeq')
+if st[1] ~= ARGV[1] then return -1 end
 local from = 3
 if ARGV[2] ~= '' then
   local stored = 0
-  local mark = redis.call('HGET', KEYS[1], 'consoleSeq')
+  local mark = st[2]
   if mark then
     local run, n = string.match(mark, '^(.*):(%d+)$')
     if run == ARGV[1] then stored = tonumber(n) end
@@ -145,8 +149,9 @@ if ARGV[2] ~= '' then
   local last = first + #ARGV - 3
   if last > stored then redis.call('HSET', KEYS[1], 'consoleSeq', ARGV[1] .. ':' .. last) end
 end
-for i = from, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-return redis.call('LLEN', KEYS[2])
+local length = nil
+for i = from, #ARGV, 500 do length = redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, #ARGV))) end
+return length or redis.call('LLEN', KEYS[2])
 """
 
 # KEYS: beats, workers, active ; ARGV: oldest live heartbeat. Returns {active count, {worker json...}}.

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 from collections import deque
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 CONSOLE_DRAIN_SECONDS = 90.0  # how long a finished run keeps retrying to store its last console lines
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), as ODM's tools and Python print it
 NO_SPACE_TAIL = 50  # engine lines searched for it when the engine fails
+STORE_PARALLEL = 8  # inputs fetched or result objects stored at once
+SMALL_OBJECT = 8 * 1024 * 1024  # up to this size an object is one request, above it parallel parts
 
 
 class Stop(Exception):
@@ -419,9 +422,10 @@ def _stage(rt: WorkerRuntime, job: Job, stage: str) -> None:
 
 
 def _fetch_inputs(rt: WorkerRuntime, job: Job, record: dict[str, str], inputs: Path, say: Any) -> None:
-    for key, _size in rt.store.list(inputs_prefix(job.uuid)):
-        rt.store.get_to_file(key, inputs / key.rsplit("/", 1)[-1])
-        _check(job)
+    listed = rt.store.list(inputs_prefix(job.uuid))
+    _parallel(
+        job, [lambda k=key, n=size: _get(rt, k, n, inputs / k.rsplit("/", 1)[-1]) for key, size in listed]
+    )
     zipurl = record.get("zipurl")
     if zipurl:
         say([f"Downloading {redact_url(zipurl)}"])  # a presigned or user:pass@ URL carries secrets
@@ -467,14 +471,56 @@ def _store_results(rt: WorkerRuntime, job: Job, project: Path, workdir: Path, zi
     from shared.assets import collect_assets
 
     prefix = results_prefix(job.uuid, job.run_id)
-    assets = collect_assets(project, workdir / "assets")
-    for name, path in assets.items():
-        rt.store.put_file(prefix + "assets/" + name, path)
-        _check(job)
+    uploads = {
+        prefix + "assets/" + name: path for name, path in collect_assets(project, workdir / "assets").items()
+    }
     if (project / "images.json").exists():
-        rt.store.put_file(prefix + "images.json", project / "images.json")
-    # all.zip last: its presence is what "results ready" means to the download route
-    rt.store.put_file(prefix + "all.zip", zip_path)
+        uploads[prefix + "images.json"] = project / "images.json"
+    _parallel(job, [lambda k=key, p=path: _put(rt, k, p) for key, path in uploads.items()])
+    # all.zip last, once every other object is stored: its presence is what "results ready" means to the
+    # download route
+    _put(rt, prefix + "all.zip", zip_path)
+
+
+def _parallel(job: Job, calls: list[Any]) -> None:
+    """Run store transfers side by side (each is at least one round trip); returns when all are done.
+
+    The first failure (raised here) or a cancel stops the rest: calls not started are dropped, those under
+    way finish first.
+    """
+    if not calls:
+        return
+    pool = ThreadPoolExecutor(max_workers=min(STORE_PARALLEL, len(calls)), thread_name_prefix="store")
+    try:
+        pending = {pool.submit(call) for call in calls}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
+            _check(job)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _put(rt: WorkerRuntime, key: str, path: Path) -> None:
+    # a small file is one PUT through the store's writer; a big one goes in parallel parts (put_file)
+    if path.stat().st_size <= SMALL_OBJECT:
+        with path.open("rb") as source:
+            rt.store.put_stream(key, source)
+    else:
+        rt.store.put_file(key, path)
+
+
+def _get(rt: WorkerRuntime, key: str, size: int, path: Path) -> None:
+    # a small object is one streamed GET; a big one is fetched in parallel ranges (get_to_file)
+    if size > SMALL_OBJECT:
+        rt.store.get_to_file(key, path)
+        return
+    partial = path.with_name(path.name + ".part")
+    with partial.open("wb") as out:
+        for chunk in rt.store.iter_range(key):
+            out.write(chunk)
+    os.replace(partial, path)
 
 
 def _no_space(rt: WorkerRuntime, workdir: Path) -> str:
@@ -528,7 +574,8 @@ def _fail(rt: WorkerRuntime, job: Job, message: str) -> bool:
 
 
 def _notify(rt: WorkerRuntime, uuid: str, run_id: str) -> None:
-    rt.notify_end(uuid, _images_json(rt, uuid, run_id))
+    # images.json is read from the store only when a webhook goes out
+    rt.notify_end(uuid, lambda: _images_json(rt, uuid, run_id))
 
 
 def _images_json(rt: WorkerRuntime, uuid: str, run_id: str) -> Any:

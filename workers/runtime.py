@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5
 WEBHOOK_POLL_SECONDS = 0.5
+PROGRESS_WRITE_SECONDS = 0.5  # ODM's progress datagrams for one task are stored at most this often
 WEBHOOK_SENDERS = 4
 SHUTDOWN = "worker shutting down"
 KEPT_MARKER = "KEPT-FAILED"
@@ -273,7 +274,7 @@ class WorkerRuntime:
         jobs = self.running()
         if not jobs:
             return
-        pipe = self.tasks.r.pipeline()
+        pipe = self.tasks.r.pipeline(transaction=False)  # reads only: no MULTI/EXEC around them
         for job in jobs:
             pipe.hmget(Keys.task(job.uuid), "status", "runId")
         states = pipe.execute()
@@ -342,28 +343,37 @@ class WorkerRuntime:
         # several workers on one host share ODM's fixed port; whichever receives a datagram records it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", self.settings.progress_port))
-        sock.settimeout(1.0)
-        # the latest value per task and run not stored yet (Redis unavailable)
+        sock.settimeout(PROGRESS_WRITE_SECONDS / 2)
+        # the latest value per task and run not stored yet: Redis unavailable, or stored less than
+        # PROGRESS_WRITE_SECONDS ago (a burst of datagrams is one write of its highest value)
         held: dict[tuple[str, str], float] = {}
+        written: dict[tuple[str, str], float] = {}  # when each task's progress was last stored (monotonic)
         while not self.stopping.is_set():
             try:
                 data, _ = sock.recvfrom(1024)
-            except OSError:  # includes the timeout: time to retry what is held
+            except OSError:  # includes the timeout: time to store what is held
                 data = b""
             parsed = parse_datagram(data) if data else None
             run_id = engine_run_id(parsed[1]) if parsed else None
             if parsed and run_id:  # a datagram of no engine run of this host's workers is dropped
                 key = (parsed[0], run_id)
                 held[key] = max(held.get(key, 0.0), parsed[2])
-            for (uuid, run), value in list(held.items()):
+            now = time.monotonic()
+            for key, value in list(held.items()):
+                uuid, run = key
+                if value < 100 and now - written.get(key, -PROGRESS_WRITE_SECONDS) < PROGRESS_WRITE_SECONDS:
+                    continue
                 try:
                     # a superseded run's engine still running somewhere never moves the task's progress
                     self.tasks.set_progress(uuid, value * ENGINE_SHARE, run_id=run)
                 except Exception as exc:  # noqa: BLE001 - Redis restarting: keep the value, retry later
                     log.warning("progress of %s held back: %s", uuid, exc)
                     break
-                if held.get((uuid, run)) == value:
-                    del held[(uuid, run)]
+                written[key] = now
+                if held.get(key) == value:
+                    del held[key]
+            if len(written) > 1000:  # forget tasks not heard from for a while
+                written = {k: t for k, t in written.items() if now - t < 60}
 
     # --- webhooks -------------------------------------------------------------------------
     def _webhook_loop(self) -> None:
@@ -543,13 +553,20 @@ class WorkerRuntime:
         return moved.ok
 
     def notify_end(self, uuid: str, images: Any = None) -> None:
-        """Queue the webhooks of a task this worker just ended (the one transition that ended it)."""
+        """Queue the webhooks of a task this worker just ended (the one transition that ended it).
+
+        `images` is the list for the payload, or a function returning it, called only when a webhook
+        goes out (a task without webhooks costs no read of its images.json).
+        """
         try:
             record = self.tasks.get(uuid)
         except TaskNotFound:
             return
+        if not (record.get("webhook") or self.settings.webhook):
+            return
+        listed = images() if callable(images) else images
         outbox.notify_task_end(
-            self.tasks.r, record, self.settings.webhook, self.settings.webhook_retries, images or []
+            self.tasks.r, record, self.settings.webhook, self.settings.webhook_retries, listed or []
         )
 
     def janitor(self) -> None:

@@ -482,6 +482,31 @@ def test_append_output_keeps_order(store: TaskStore) -> None:
     assert store.output(uuid) == ["one", "two", "three", "", "ünïcode ✓"]
 
 
+def test_append_output_stores_a_large_batch_in_order_and_once(store: TaskStore) -> None:
+    # a batch is pushed in chunks inside one script call: more lines than one chunk (and than Lua's
+    # unpack could take at once), each stored once in order, a numbered retry stored once
+    uuid, run_id = make_task(store, S.RUNNING)
+    lines = [f"line {n}" for n in range(9_001)]
+    assert store.append_output(uuid, run_id, lines, first=1)
+    assert store.append_output(uuid, run_id, [*lines, "last"], first=1)  # the reply was lost: sent again
+    assert store.output(uuid) == [*lines, "last"]
+    assert store.append_output(uuid, run_id, lines[:10000])
+    assert store.r.llen(Keys.output(uuid)) == 2 * len(lines) + 1
+
+
+def test_transition_sets_many_fields_and_deletes_several_at_once(store: TaskStore) -> None:
+    uuid, run_id = make_task(store, S.QUEUED)
+    store.update(uuid, errorMessage="old", deferred="1", progress=5)
+    fields = {f"extra{n}": n for n in range(50)}
+    result = store.transition(uuid, S.RUNNING, run_id=run_id, errorMessage=None, deferred=None, **fields)
+    assert result.ok and result.previous is S.QUEUED
+    record = store.get(uuid)
+    assert record["status"] == "20" and record["progress"] == "5"
+    assert "errorMessage" not in record and "deferred" not in record
+    assert all(record[name] == str(n) for name, n in fields.items())
+    assert uuid in store.active_uuids()
+
+
 def test_append_output_with_a_wrong_run_id_is_refused(store: TaskStore) -> None:
     uuid, run_id = make_task(store, S.RUNNING)
     store.append_output(uuid, run_id, ["mine"])

@@ -224,6 +224,10 @@ class RunMonitor(_Poller):
     def watch(self, uuid: str) -> None:
         self.uuids.add(uuid)
 
+    def sample(self) -> None:
+        """One sample now, from the caller's thread: a run about to be killed is seen even if the poller is late."""
+        self._poll()
+
     def _poll(self) -> None:
         now = time.monotonic()
         live: dict[str, list[str]] = {}

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from shared.models import TaskStatus
@@ -104,3 +104,44 @@ def test_datagrams_of_a_superseded_run_do_not_move_progress(
     finally:
         rt.stopping.set()
         listener.join(3)
+
+
+def test_a_burst_of_datagrams_is_stored_as_few_writes_ending_at_the_latest_value(
+    make_runtime: MakeRuntime,  # noqa: F811 - the imported fixture
+) -> None:
+    rt = make_runtime(progress_port=free_udp_port())
+    uuid, run = new_task(rt.tasks, TaskStatus.RUNNING)
+    real = rt.tasks.set_progress
+    writes: list[float] = []
+
+    def set_progress(task: str, value: float, run_id: str = "") -> bool:
+        writes.append(value)
+        return real(task, value, run_id)
+
+    rt.tasks.set_progress = set_progress  # type: ignore[method-assign]
+    listener = threading.Thread(target=rt._progress_listener, daemon=True)
+    listener.start()
+
+    def stored() -> float:
+        return float(rt.tasks.field(uuid, "progress") or 0)
+
+    stack = ExitStack()
+    try:
+        time.sleep(0.2)
+        engine = stack.enter_context(engine_of(run))
+        for value in range(1, 41):  # ODM sends a datagram per step: 40 in a moment
+            send(rt.settings.progress_port, engine, uuid, value)
+        deadline = time.monotonic() + 3
+        while stored() < 36.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stored() == 36.0  # the latest value lands (40 % of ODM's run is 36 % of the task's)
+        assert len(writes) <= 4  # not one write per datagram
+        send(rt.settings.progress_port, engine, uuid, 100)
+        deadline = time.monotonic() + 3
+        while stored() < 90.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stored() == 90.0  # the end of the engine's run is stored at once
+    finally:
+        rt.stopping.set()
+        listener.join(3)
+        stack.close()
