@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -344,6 +345,10 @@ def _resume(rt: WorkerRuntime, job: Job, record: dict[str, str], project: Path, 
     chosen = resume.plan(manifest.stage, manifest.options, options, table)
     if chosen.rerun_from is None:
         return _start_over(rt, job, say, f"{after} does not apply: {chosen.reason}", drop=True)
+    # the stages rerun write their folders again from nothing: what the checkpoint has of them stays out
+    manifest = dataclasses.replace(
+        manifest, files=resume.outside(manifest.files, resume.folders_from(chosen.rerun_from))
+    )
     try:
         restored = checkpoints.restore(rt.store, manifest, project, stop=job.cancelled.is_set)
     except checkpoints.Stopped:

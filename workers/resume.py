@@ -23,6 +23,38 @@ CONTROL_OPTIONS = frozenset({"rerun-from", "rerun", "rerun-all", "end-with"})
 FARM_OPTIONS = frozenset({"sm-cluster", "max-concurrency"})
 
 
+# The folders each stage writes (ODM's ODM_Tree). A run that reruns from a stage starts without the folders of
+# that stage and the later ones, as ODM's --rerun-all does for all of them: what an earlier run left there (an
+# orthophoto a new skip-orthophoto no longer makes, a DEM cut short by a kill) must not reach the results.
+STAGE_FOLDERS: dict[str, tuple[str, ...]] = {
+    "split": ("submodels",),
+    "opensfm": ("opensfm",),
+    "openmvs": ("opensfm/undistorted/openmvs",),
+    "odm_filterpoints": ("odm_filterpoints",),
+    "odm_meshing": ("odm_meshing",),
+    "mvs_texturing": ("odm_texturing", "odm_texturing_25d"),
+    "odm_georeferencing": ("odm_georeferencing",),
+    "odm_dem": ("odm_dem",),
+    "odm_orthophoto": ("odm_orthophoto",),
+    "odm_report": ("odm_report",),
+    "odm_postprocess": ("3d_tiles", "entwine_pointcloud"),
+}
+
+
+def folders_from(stage: str) -> tuple[str, ...]:
+    """The folders `stage` and every later stage write."""
+    return tuple(f for name in STAGES[STAGES.index(stage) :] for f in STAGE_FOLDERS.get(name, ()))
+
+
+def outside(files: dict[str, Any], folders: tuple[str, ...]) -> dict[str, Any]:
+    """`files` (relative posix paths -> anything) without those in `folders`."""
+    return {
+        rel: value
+        for rel, value in files.items()
+        if not any(rel == f or rel.startswith(f + "/") for f in folders)
+    }
+
+
 def load_table(path: Path = TABLE_PATH) -> dict[str, str | None]:
     """The bundled option -> stage table (option names as in /options: dashes)."""
     with path.open(encoding="utf-8") as f:

@@ -8,8 +8,10 @@ task deletes its checkpoints.
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,29 @@ def test_restart_with_changed_options_reruns_from_the_stage_they_affect(quick: F
         :6
     ]
     assert any(COMPUTED_OPENSFM in x for x in lines)
+
+
+def test_results_of_a_resumed_restart_follow_the_new_options(quick: Farm, tmp_path: Path) -> None:
+    """Outputs the checkpoint holds of the stages rerun (an orthophoto, a DSM) are not restored: the new options
+    no longer make them, so the results must not have them."""
+    uuid = _completed(quick, tmp_path)
+    manifest = storage_dir(quick) / uuid / "checkpoints" / "manifest.json"
+
+    def saved(rel: str) -> bool:
+        return manifest.exists() and rel in json.loads(manifest.read_text())["files"]
+
+    wait_until(lambda: saved("odm_orthophoto/odm_orthophoto.tif"), 20, "no checkpoint with the orthophoto")
+    assert saved("odm_dem/dsm.tif")
+    restart(quick, uuid, [{"name": "skip-orthophoto", "value": True}])  # and no dsm
+    assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
+    line = next(line for line in console(quick, uuid) if RESUMED in line)
+    assert "rerunning from stage odm_dem" in line, line
+    all_zip = quick.get(f"/task/{uuid}/download/all.zip")
+    assert all_zip.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(all_zip.content)) as zf:
+        names = set(zf.namelist())
+    assert "odm_georeferencing/odm_georeferenced_model.laz" in names, sorted(names)
+    assert "odm_orthophoto/odm_orthophoto.tif" not in names and "odm_dem/dsm.tif" not in names, sorted(names)
 
 
 def test_a_corrupted_checkpoint_starts_over_and_says_why(quick: Farm, tmp_path: Path) -> None:

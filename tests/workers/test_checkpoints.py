@@ -112,7 +112,9 @@ def test_restore_round_trips_files_modes_mtimes_and_links(store: ObjectStore, tm
     assert (target / "images/a.jpg").read_bytes() == b"placed input"
 
 
-def test_paths_of_the_old_project_folder_are_pointed_at_the_new_one(store: ObjectStore, tmp_path: Path) -> None:
+def test_paths_of_the_old_project_folder_are_pointed_at_the_new_one(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     """Another worker restores into another scratch path: ODM's absolute paths and links must follow."""
     old = project_with(tmp_path / "worker1", {"images/a.jpg": b"jpg"})
     listing = f"{old}/images/a.jpg\n".encode()
@@ -360,3 +362,33 @@ def test_odms_own_table_uses_argparse_names() -> None:
     assert resume.with_rerun_from(opts(dsm=True, rerun_from="opensfm"), "odm_dem") == opts(
         dsm=True, rerun_from="odm_dem"
     )
+
+
+def test_a_rerun_from_a_stage_leaves_out_the_folders_it_and_later_stages_write() -> None:
+    files = {
+        rel: 1
+        for rel in (
+            "images.json",
+            "opensfm/reconstruction.json",
+            "opensfm/undistorted/openmvs/scene_dense.ply",
+            "odm_meshing/odm_mesh.ply",
+            "odm_dem/dsm.tif",
+            "odm_dem_extra.txt",
+            "odm_orthophoto/odm_orthophoto.tif",
+            "entwine_pointcloud/ept.json",
+        )
+    }
+    kept = resume.outside(files, resume.folders_from("odm_dem"))
+    assert set(kept) == {
+        "images.json",
+        "opensfm/reconstruction.json",
+        "opensfm/undistorted/openmvs/scene_dense.ply",
+        "odm_meshing/odm_mesh.ply",
+        "odm_dem_extra.txt",  # a name that only starts like a folder
+    }
+    assert set(resume.outside(files, resume.folders_from("openmvs"))) == {
+        "images.json",
+        "opensfm/reconstruction.json",
+        "odm_dem_extra.txt",
+    }
+    assert set(resume.STAGE_FOLDERS) <= set(resume.STAGES)
