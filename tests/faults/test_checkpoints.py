@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from shared.storage.local import LocalStore
 from tests.e2e.helpers import make_images, wait_status
 from tests.support.farm import Farm, wait_until
 from tests.support.faults import kill_worker, storage_dir, wait_claim, wait_gone
+from workers import checkpoints
 
 RESUMED = "Resuming from checkpoint after stage"
 COMPUTED_OPENSFM = "running opensfm detect_features"  # the stand-in prints it only when it computes opensfm
@@ -136,13 +138,20 @@ def test_results_of_a_resumed_restart_follow_the_new_options(quick: Farm, tmp_pa
     """Outputs the checkpoint holds of the stages rerun (an orthophoto, a DSM) are not restored: the new options
     no longer make them, so the results must not have them."""
     uuid = _completed(quick, tmp_path)
-    manifest = storage_dir(quick) / uuid / "checkpoints" / "manifest.json"
+    wait_until(lambda: not list(quick.root.glob(f"*/scratch/{uuid}-*")), 30, "the run never ended")
+    # a checkpoint after the last stage, made here from the run's results (the run's own last one may have
+    # been abandoned when it ended): it holds the orthophoto and the DSM
+    all_zip = quick.get(f"/task/{uuid}/download/all.zip")
+    project = tmp_path / "made" / uuid
+    with zipfile.ZipFile(io.BytesIO(all_zip.content)) as zf:
+        zf.extractall(project)
+    options = quick.get(f"/task/{uuid}/info").json()["options"]
+    base = checkpoints.Manifest(uuid, "made-by-test", "odm_postprocess", 0, "simulate", options, {})
+    made = checkpoints.save(LocalStore(storage_dir(quick)), base, project)
+    assert made is not None and {"odm_orthophoto/odm_orthophoto.tif", "odm_dem/dsm.tif"} <= set(
+        made.manifest.files
+    )
 
-    def saved(rel: str) -> bool:
-        return manifest.exists() and rel in json.loads(manifest.read_text())["files"]
-
-    wait_until(lambda: saved("odm_orthophoto/odm_orthophoto.tif"), 20, "no checkpoint with the orthophoto")
-    assert saved("odm_dem/dsm.tif")
     restart(quick, uuid, [{"name": "skip-orthophoto", "value": True}])  # and no dsm
     assert wait_status(quick, uuid, (30, 40, 50), timeout=60)["status"]["code"] == 40
     line = next(line for line in console(quick, uuid) if RESUMED in line)
