@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
 
-from api.app import create_app
-from shared.settings import Settings
-
 IGNORED_METHODS = {"OPTIONS", "HEAD"}  # Flask adds both to every GET route
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Flask:
-    # nothing connects at creation; /swagger.json needs neither Redis nor the store
-    env = {
-        "ODM_FARM_REDIS_URL": "redis://127.0.0.1:1/0",
-        "ODM_FARM_DATA_DIR": str(tmp_path),
-        "ODM_FARM_TOKEN": "t",
-    }
-    return create_app(Settings.from_env(env), check_store=False)
 
 
 def openapi_path(rule: str) -> str:

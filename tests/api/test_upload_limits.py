@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.e2e.helpers import wait_status
-from tests.support.farm import TOKEN, Farm, RedisServer, farm_env, wait_until
+from tests.support.farm import Farm, RedisServer, module_farm, wait_until
 from tests.support.local_http import local_server, reply
 
 MB = 1024 * 1024
@@ -24,23 +24,8 @@ BOUNDARY = "odmfarmtestboundary"
 
 @pytest.fixture(scope="module")
 def limited(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    root = tmp_path_factory.mktemp("limited")
-    env = farm_env(
-        root,
-        redis_server.url(redis_server.fresh_db()),
-        token=TOKEN,
-        max_upload_mb=1,
-        max_files_per_request=MAX_FILES,
-        archive_max_mb=1,
-        archive_max_entries=50,
-    )
-    farm = Farm(root, env, token=TOKEN)
-    try:
-        farm.start_api()
-        farm.start_worker()
-        yield farm
-    finally:
-        farm.stop()
+    with module_farm(redis_server, tmp_path_factory, "limited", max_upload_mb=1, max_files_per_request=MAX_FILES, archive_max_mb=1, archive_max_entries=50) as started:
+        yield started
 
 
 def jpeg(size: int = 500) -> bytes:

@@ -7,24 +7,11 @@ import re
 import tomllib
 from pathlib import Path
 
-import pytest
 from flask import Flask
 
 from api import web
-from api.app import create_app
-from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Flask:
-    env = {
-        "ODM_FARM_REDIS_URL": "redis://127.0.0.1:1/0",
-        "ODM_FARM_DATA_DIR": str(tmp_path),
-        "ODM_FARM_TOKEN": "t",
-    }
-    return create_app(Settings.from_env(env), check_store=False)
 
 
 def test_the_page_names_only_local_assets_of_the_current_version(app: Flask) -> None:

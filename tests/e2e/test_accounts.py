@@ -17,7 +17,7 @@ from pyodm import Node
 from pyodm.exceptions import NodeResponseError
 
 from tests.e2e.helpers import make_images, slow_image, wait_status
-from tests.support.farm import ROOT, TOKEN, Farm, RedisServer, farm_env, wait_until
+from tests.support.farm import ROOT, TOKEN, Farm, RedisServer, module_farm, wait_until
 
 PASSWORD = "correct horse battery"
 
@@ -70,16 +70,8 @@ def remove_uploads(farm: Farm, token: str) -> None:
 @pytest.fixture(scope="module")
 def afarm(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """One farm with accounts for the module: registration closed, a 2-slot simulate worker."""
-    root = tmp_path_factory.mktemp("accounts")
-    env = farm_env(root, redis_server.url(redis_server.fresh_db()), token=TOKEN, accounts="true",
-                   simulate_seconds="0.3", login_attempts="50")
-    farm = Farm(root, env, token=TOKEN)
-    try:
-        farm.start_api()
-        farm.start_worker()
-        yield farm
-    finally:
-        farm.stop()
+    with module_farm(redis_server, tmp_path_factory, "accounts", accounts="true", simulate_seconds="0.3", login_attempts="50") as started:
+        yield started
 
 
 def test_login_register_and_what_auth_info_says(afarm: Farm) -> None:

@@ -24,7 +24,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.e2e.helpers import make_images, slow_image, task_info, wait_status
 from tests.support.browser import add_finished_tasks, browser_available, start_chromium
-from tests.support.farm import ROOT, TOKEN, Farm, RedisServer, farm_env, wait_until
+from tests.support.farm import ROOT, TOKEN, Farm, RedisServer, module_farm, wait_until
 
 ARTIFACTS = ROOT / "test-artifacts"
 PASSWORD = "correct horse battery"
@@ -35,22 +35,10 @@ XSS_NAME = '<img src=x onerror="window.__xss=1">'
 def wfarm(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """A farm with a token and accounts (the node token still sees everything); a 2-slot simulate worker
     whose runs take 4 s, so that a progress bar has time to move."""
-    root = tmp_path_factory.mktemp("webapp")
-    env = farm_env(
-        root,
-        redis_server.url(redis_server.fresh_db()),
-        token=TOKEN,
-        simulate_seconds="4",
-        accounts="true",
-        login_attempts="50",
-    )
-    farm = Farm(root, env, token=TOKEN)
-    try:
-        farm.start_api()
-        farm.start_worker()
-        yield farm
-    finally:
-        farm.stop()
+    with module_farm(
+        redis_server, tmp_path_factory, "webapp", simulate_seconds="4", accounts="true", login_attempts="50"
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,13 +246,24 @@ def farm_factory(redis_server: RedisServer, tmp_path: Path) -> Iterator[Any]:
         farm.stop()
 
 
-@pytest.fixture(scope="module")
-def farm(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    root = tmp_path_factory.mktemp("farm")
-    farm = Farm(root, farm_env(root, redis_server.url(redis_server.fresh_db()), token=TOKEN), token=TOKEN)
+@contextmanager
+def module_farm(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, name: str, **settings: Any
+) -> Iterator[Farm]:
+    """A Farm with a token, one API and one worker, on a fresh database, with `settings`; stopped at the end.
+    For module-scoped fixtures of farms with their own settings."""
+    root = tmp_path_factory.mktemp(name)
+    env = farm_env(root, redis_server.url(redis_server.fresh_db()), token=TOKEN, **settings)
+    farm = Farm(root, env, token=TOKEN)
     try:
         farm.start_api()
         farm.start_worker()
         yield farm
     finally:
         farm.stop()
+
+
+@pytest.fixture(scope="module")
+def farm(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    with module_farm(redis_server, tmp_path_factory, "farm") as started:
+        yield started
