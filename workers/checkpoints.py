@@ -197,6 +197,8 @@ def upload_file(
                 digest.update(chunk)
                 size += len(chunk)
                 writer.write(chunk)
+        if stop():
+            raise Stopped()
     except BaseException:
         writer.abort()
         raise
@@ -234,11 +236,15 @@ def save(
         return None
     files = {rel: base.files[rel] for rel in current if rel in base.files}
     uploaded = uploaded_bytes = 0
+
+    def halt() -> bool:  # a run that no longer owns the task (a stale run woken up) stores nothing more
+        return stop() or not owns()
+
     for rel in delta(base.files, current):
-        if stop():
+        if halt():
             raise Stopped()
         try:
-            files[rel] = upload_file(store, prefix, project, rel, current[rel], stop)
+            files[rel] = upload_file(store, prefix, project, rel, current[rel], halt)
         except FileNotFoundError:  # the engine deleted it meanwhile: not part of this checkpoint
             files.pop(rel, None)
             continue
